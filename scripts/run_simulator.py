@@ -1,0 +1,152 @@
+"""Run a job folder in the FLARE simulator on site-local data, then say where the results are.
+
+    python scripts/run_simulator.py                         # prostate job, synthetic data made if absent
+    python scripts/run_simulator.py --job jobs/prostate_mri_seg --data data/synthetic --workspace workspace/sim
+
+Each simulated site reads its own site config from ``<data>/site_configs/<site>.json`` (via ONCOFL_SITE_CONFIG),
+exactly as a hospital's client reads its ``local/oncofl_site.json``; the job folder itself holds no paths.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO / "custom"))
+
+from oncofl.evaluation import holdout_scores  # noqa: E402
+from oncofl.site_config import ENV_VAR  # noqa: E402
+from oncofl.synthetic import generate  # noqa: E402
+
+
+@dataclass(frozen=True)
+class SimulatorResult:
+    returncode: int
+    seconds: float
+    job_dir: Path  # <workspace>/server/simulate_job
+
+    @property
+    def global_model(self) -> Path:
+        return self.job_dir / "app_server" / "FL_global_model.pt"
+
+    @property
+    def best_model(self) -> Path:
+        return self.job_dir / "app_server" / "best_FL_global_model.pt"
+
+    @property
+    def cross_site(self) -> Path:
+        return self.job_dir / "cross_site_val" / "cross_val_results.json"
+
+    @property
+    def tb_events(self) -> Path:
+        return self.job_dir / "tb_events"
+
+    @property
+    def server_log(self) -> Path:
+        return self.job_dir.parent / "log.txt"
+
+
+def run_simulator(
+    job: str | Path,
+    workspace: str | Path,
+    site_configs: str | Path,
+    sites: list[str],
+    *,
+    timeout: float = 1800,
+    log_file: str | Path | None = None,
+) -> SimulatorResult:
+    """Run ``job`` with one simulated client per site (one thread each); the whole process group is stopped after."""
+    workspace = Path(workspace).resolve()
+    env = {**os.environ, ENV_VAR: str(Path(site_configs).resolve())}
+    cmd = [
+        sys.executable,
+        "-m",
+        "nvflare.private.fed.app.simulator.simulator",
+        str(Path(job).resolve()),
+        "-w",
+        str(workspace),
+        "-c",
+        ",".join(sites),
+        "-t",
+        str(len(sites)),
+    ]
+    out = open(log_file, "w") if log_file else None
+    started = time.perf_counter()
+    proc = subprocess.Popen(cmd, env=env, stdout=out, stderr=subprocess.STDOUT if out else None, start_new_session=True)
+    try:
+        rc = proc.wait(timeout=timeout)
+    finally:
+        if proc.poll() is None:  # timeout or interrupt: stop what we started, and only that
+            os.killpg(proc.pid, signal.SIGTERM)
+            try:
+                proc.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                os.killpg(proc.pid, signal.SIGKILL)
+                proc.wait()
+        if out:
+            out.close()
+    return SimulatorResult(rc, time.perf_counter() - started, workspace / "server" / "simulate_job")
+
+
+def cross_site_table(path: Path) -> str:
+    """The cross-site matrix as text: rows = data site, columns = model."""
+    results = json.loads(path.read_text())
+    models = sorted({m for row in results.values() for m in row})
+    lines = ["data site  | " + " | ".join(f"{m[:26]:>26}" for m in models)]
+    for site in sorted(results):
+        cells = [results[site].get(m, {}) for m in models]
+        lines.append(
+            f"{site:10} | " + " | ".join(f"{next(iter(c.values())):26.4f}" if c else f"{'-':>26}" for c in cells)
+        )
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--job", default=str(REPO / "jobs" / "prostate_mri_seg"))
+    parser.add_argument("--data", default=str(REPO / "data" / "synthetic"), help="made here if absent")
+    parser.add_argument("--workspace", default=str(REPO / "workspace" / "simulator"))
+    parser.add_argument("--sites", nargs="+", default=["site-1", "site-2", "site-3"])
+    args = parser.parse_args(argv)
+
+    data = Path(args.data)
+    if not (data / "site_configs").is_dir():
+        print(f"making synthetic data for 3 sites in {data} ...", flush=True)
+        generate(data)
+    print(f"running {args.job} in the FLARE simulator with {', '.join(args.sites)} ...", flush=True)
+    result = run_simulator(args.job, args.workspace, data / "site_configs", args.sites)
+    if result.returncode != 0:
+        print(f"simulator failed (exit {result.returncode}); see {result.server_log}", file=sys.stderr)
+        return result.returncode
+    print(f"\nfinished in {result.seconds:.0f} s")
+    print(f"global model       : {result.global_model}")
+    print(f"best global model  : {result.best_model}")
+    print(f"cross-site matrix  : {result.cross_site}")
+    print(f"TensorBoard events : {result.tb_events}   (tensorboard --logdir {result.tb_events})")
+    if result.cross_site.is_file():
+        print(
+            "\ncross-site validation Dice (rows: data of site, columns: model)\n" + cross_site_table(result.cross_site)
+        )
+    holdout = data / "holdout"
+    if holdout.is_dir() and result.best_model.is_file():
+        mean = lambda xs: sum(xs) / len(xs)  # noqa: E731
+        initial = mean(holdout_scores(None, holdout))
+        final = mean(holdout_scores(result.global_model, holdout))
+        best = mean(holdout_scores(result.best_model, holdout))
+        print(
+            f"\nheld-out Dice (every vendor, never trained on): initial {initial:.3f} -> "
+            f"final global {final:.3f}, best global {best:.3f}"
+        )
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

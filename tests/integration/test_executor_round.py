@@ -1,0 +1,129 @@
+"""One real executor, real FLARE Shareables/DXOs/Signals, real DICOM on disk: train, validate, submit_model, errors."""
+
+import json
+import math
+
+import numpy as np
+import pytest
+from nvflare.apis.dxo import DXO, DataKind, MetaKey, from_shareable
+from nvflare.apis.fl_constant import ReservedKey, ReturnCode
+from nvflare.apis.fl_context import FLContext
+from nvflare.apis.signal import Signal
+from nvflare.app_common.app_constant import AppConstants
+from nvflare.app_common.decomposers import numpy_decomposers
+from nvflare.fuel.utils import fobs
+
+from oncofl.executor import ERROR_HEADER, OncoFLExecutor
+from oncofl.site_config import ENV_VAR
+from oncofl.tasks.prostate_seg import ProstateSegNet
+from tests.conftest import make_site
+
+
+def fl_context(site: str) -> FLContext:
+    ctx = FLContext()
+    ctx.set_prop(ReservedKey.IDENTITY_NAME, site, private=False, sticky=False)
+    return ctx
+
+
+def global_model_task(round_number: int = 0):
+    weights = {k: v.numpy() for k, v in ProstateSegNet().state_dict().items()}
+    task = DXO(data_kind=DataKind.WEIGHTS, data=weights).to_shareable()
+    task.set_header(AppConstants.CURRENT_ROUND, round_number)
+    return task, weights
+
+
+@pytest.fixture
+def site(tmp_path, monkeypatch):
+    config = make_site(tmp_path, n_cases=4)  # 3 training cases, 1 validation case
+    monkeypatch.setenv(ENV_VAR, str(config))
+    executor = OncoFLExecutor(local_epochs=2, batch_size=2)
+    executor.bind_site("site-1", tmp_path / "workspace", tmp_path / "app")
+    (tmp_path / "app").mkdir()
+    return executor, tmp_path
+
+
+def phi_strings(root):
+    import pydicom
+
+    ds = pydicom.dcmread(next((root / "site-1" / "cases").glob("case_*/dicom/IM_0000.dcm")))
+    return [str(ds.PatientName), str(ds.PatientID), str(root)]
+
+
+def test_train_returns_finite_weights_step_count_and_global_metric(site):
+    executor, root = site
+    task, sent = global_model_task()
+    result = executor.execute("train", task, fl_context("site-1"), Signal())
+    assert result.get_return_code(ReturnCode.OK) == ReturnCode.OK
+    dxo = from_shareable(result)
+    assert dxo.data_kind == DataKind.WEIGHTS and set(dxo.data) == set(sent)
+    assert all(np.isfinite(v).all() for v in dxo.data.values())
+    assert any(not np.array_equal(dxo.data[k], sent[k]) for k in sent)  # it trained
+    assert dxo.get_meta_prop(MetaKey.NUM_STEPS_CURRENT_ROUND) == 2 * math.ceil(3 / 2)
+    initial = dxo.get_meta_prop(MetaKey.INITIAL_METRICS)
+    assert set(initial) == {"val_dice"} and 0.0 <= initial["val_dice"] <= 1.0
+    assert (root / "app" / "local_model.pt").is_file() and any((root / "app" / "tb_local").iterdir())
+    # nothing identifying (patient name/ID) and no local path in what is sent to the server
+    numpy_decomposers.register()
+    wire = fobs.dumps(result)
+    for secret in phi_strings(root):
+        assert secret.encode() not in wire
+
+    # the data stays in memory between rounds: with the DICOM files gone, round 1 still trains
+    for entry in (root / "site-1" / "cases").glob("case_*/dicom/*.dcm"):
+        entry.unlink()
+    task2, _ = global_model_task(round_number=1)
+    assert from_shareable(executor.execute("train", task2, fl_context("site-1"), Signal())).data_kind == "WEIGHTS"
+
+
+def test_validate_and_submit_model(site):
+    executor, _ = site
+    ctx = fl_context("site-1")
+    assert executor.execute("submit_model", global_model_task()[0], ctx, Signal()).get_return_code() == (
+        ReturnCode.EMPTY_RESULT
+    )
+    trained = from_shareable(executor.execute("train", global_model_task()[0], ctx, Signal())).data
+    task, _ = global_model_task()
+    task.set_header(AppConstants.MODEL_OWNER, "site-2")
+    metrics = from_shareable(executor.execute("validate", task, ctx, Signal()))
+    assert metrics.data_kind == DataKind.METRICS and 0.0 <= metrics.data["val_dice"] <= 1.0
+    submitted = from_shareable(executor.execute("submit_model", global_model_task()[0], ctx, Signal())).data
+    assert all(np.array_equal(submitted[k], trained[k]) for k in trained)
+
+
+def test_abort_signal_stops_training(site):
+    executor, _ = site
+    signal = Signal()
+    signal.trigger("test abort")
+    result = executor.execute("train", global_model_task()[0], fl_context("site-1"), signal)
+    assert result.get_return_code() == ReturnCode.TASK_ABORTED
+
+
+def test_wrong_model_is_refused_with_a_message(site):
+    executor, _ = site
+    task = DXO(data_kind=DataKind.WEIGHTS, data={"fc.weight": np.zeros((2, 2))}).to_shareable()
+    result = executor.execute("train", task, fl_context("site-1"), Signal())
+    assert result.get_return_code() == ReturnCode.EXECUTION_EXCEPTION
+    assert "does not match the 'prostate_seg' network" in result.get_header(ERROR_HEADER)
+
+
+def test_missing_data_root_is_an_error_reply_naming_site_and_fix_without_paths(tmp_path, monkeypatch):
+    config_path = make_site(tmp_path)
+    config = json.loads(config_path.read_text())
+    config["data_root"] = str(tmp_path / "moved_away")
+    config_path.write_text(json.dumps(config))
+    monkeypatch.setenv(ENV_VAR, str(config_path))
+    executor = OncoFLExecutor()
+    executor.bind_site("site-1", tmp_path / "workspace")
+    result = executor.execute("train", global_model_task()[0], fl_context("site-1"), Signal())
+    assert result.get_return_code() == ReturnCode.EXECUTION_EXCEPTION
+    message = result.get_header(ERROR_HEADER)
+    assert message.startswith("[site-1] invalid site configuration: 'data_root' folder does not exist")
+    assert "Fix: edit the site configuration file" in message
+    assert str(tmp_path) not in message and "moved_away" not in message
+    # fixed while the job runs: the next task succeeds
+    config["data_root"] = str(tmp_path / "site-1")
+    config_path.write_text(json.dumps(config))
+    assert (
+        executor.execute("train", global_model_task()[0], fl_context("site-1"), Signal()).get_return_code(ReturnCode.OK)
+        == ReturnCode.OK
+    )
