@@ -35,8 +35,10 @@ from nvflare.app_opt.pt.file_model_locator import PTFileModelLocator  # noqa: E4
 from nvflare.app_opt.pt.file_model_persistor import PTFileModelPersistor  # noqa: E402
 from nvflare.app_opt.tracking.tb.tb_receiver import TBAnalyticsReceiver  # noqa: E402
 from nvflare.job_config.api import FedJob  # noqa: E402
+from nvflare.job_config.defs import FilterType  # noqa: E402
 
 from oncofl.executor import OncoFLExecutor  # noqa: E402
+from oncofl.privacy import PHIGuardFilter  # noqa: E402
 from oncofl.server import SiteErrorReporter  # noqa: E402
 from oncofl.tasks.prostate_seg import ProstateSegNet  # noqa: E402
 
@@ -52,6 +54,7 @@ def build_job(
     batch_size: int = 4,
     learning_rate: float = 2e-3,
     train_timeout: int = 0,
+    spacing_policy: str = "refuse",
 ) -> FedJob:
     """The job: FedAvg by scatter-and-gather, best-model selection on val_dice, then cross-site evaluation."""
     job = FedJob(name=JOB_NAME, min_clients=min_clients)
@@ -79,9 +82,14 @@ def build_job(
     job.to_server(CrossSiteModelEval(model_locator_id="model_locator"), id="cross_site_eval")
 
     executor = OncoFLExecutor(
-        task="prostate_seg", local_epochs=local_epochs, batch_size=batch_size, learning_rate=learning_rate
+        task="prostate_seg",
+        local_epochs=local_epochs,
+        batch_size=batch_size,
+        learning_rate=learning_rate,
+        preprocess={"spacing_policy": spacing_policy},  # a series with a gap: "refuse" it or "resample" it
     )
     job.to_clients(executor, id="executor", tasks=["train", "validate", "submit_model"])
+    job.to_clients(PHIGuardFilter(), filter_type=FilterType.TASK_RESULT, tasks=["*"])  # everything leaving a site
     job.to_clients(
         ConvertToFedEvent(events_to_convert=["analytix_log_stats"], fed_event_prefix="fed."), id="event_to_fed"
     )
@@ -109,6 +117,7 @@ def main() -> None:
     parser.add_argument("--local-epochs", type=int, default=6)
     parser.add_argument("--batch-size", type=int, default=4)
     parser.add_argument("--learning-rate", type=float, default=2e-3)
+    parser.add_argument("--spacing-policy", choices=["refuse", "resample"], default="refuse")
     args = parser.parse_args()
     job_dir = export(
         args.out,
@@ -117,6 +126,7 @@ def main() -> None:
         local_epochs=args.local_epochs,
         batch_size=args.batch_size,
         learning_rate=args.learning_rate,
+        spacing_policy=args.spacing_policy,
     )
     print(f"job written to {job_dir}")
 

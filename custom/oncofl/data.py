@@ -5,8 +5,8 @@ The datalist is MONAI/Decathlon style JSON, paths relative to the site's data ro
     {"training": [{"image": "cases/case_0003/dicom", "label": "cases/case_0003/label.nii.gz"}, ...],
      "validation": [...]}
 
-Each case is decoded and preprocessed once; the result is cached on disk (``cache_dir``), keyed by the files' names,
-sizes and modification times plus the preprocessing parameters, so later rounds and later jobs skip DICOM decoding.
+Each case is decoded and preprocessed once; the result is cached on disk (``cache_dir``), keyed by the files'
+content (SHA-256) plus the preprocessing parameters, so later rounds and later jobs skip DICOM decoding.
 """
 
 from __future__ import annotations
@@ -29,7 +29,7 @@ from .tasks import TaskSpec
 logger = logging.getLogger(__name__)
 
 SPLITS = ("training", "validation")
-CACHE_VERSION = "1"
+CACHE_VERSION = "2"
 
 
 @dataclass(frozen=True)
@@ -60,6 +60,16 @@ class SplitData:
 
 def read_datalist(config: SiteConfig, splits: tuple[str, ...] = SPLITS) -> dict[str, list[CaseRef]]:
     """Parse and check the datalist: structure, every referenced file exists, no split is empty."""
+    cases, missing = parse_datalist(config, splits)
+    if missing:
+        raise SiteDataErrors(missing, site=config.site_name)
+    return cases
+
+
+def parse_datalist(
+    config: SiteConfig, splits: tuple[str, ...] = SPLITS
+) -> tuple[dict[str, list[CaseRef]], list[SiteDataError]]:
+    """The datalist's cases per split, and one error per referenced file that does not exist."""
     site, path = config.site_name, str(config.datalist)
     try:
         raw = json.loads(config.datalist.read_text())
@@ -109,14 +119,13 @@ def read_datalist(config: SiteConfig, splits: tuple[str, ...] = SPLITS) -> dict[
                     )
             refs.append(ref)
         result[split] = refs
-    if missing:
-        raise SiteDataErrors(missing, site=site)
-    return result
+    return result, missing
 
 
-def _fingerprint(path: Path) -> list[Any]:
-    files = sorted(path.iterdir()) if path.is_dir() else [path]
-    return [(f.name, st.st_size, st.st_mtime_ns) for f in files if f.is_file() for st in [f.stat()]]
+def _fingerprint(path: Path) -> list[str]:
+    """SHA-256 of every file's bytes: a re-exported or edited file never reuses an old cache entry."""
+    files = sorted(f for f in path.iterdir() if f.is_file()) if path.is_dir() else [path]
+    return [hashlib.file_digest(f.open("rb"), "sha256").hexdigest() for f in files]
 
 
 def cache_key(case: CaseRef, task: TaskSpec, params: dict[str, Any]) -> str:

@@ -1,6 +1,7 @@
 import json
 from dataclasses import replace
 
+import nibabel as nib
 import numpy as np
 import pytest
 
@@ -67,8 +68,6 @@ def test_skip_policy_keeps_the_good_cases_and_reports_the_bad(tmp_path):
 
 
 def test_label_shape_mismatch_names_both_shapes(tmp_path):
-    import nibabel as nib
-
     config = load_site_config(make_site(tmp_path), site_name="site-1")
     case = read_datalist(config)["validation"][0]
     label = nib.load(case.label)
@@ -98,7 +97,12 @@ def test_cache_is_reused_and_invalidated_by_a_changed_file(tmp_path):
     assert len(decoded) == 2  # the second load (next round, next job) decodes nothing
     np.testing.assert_array_equal(first.images, second.images)
     old_key = cache_key(cases[0], TASK, PARAMS)
-    (cases[0].label).touch()  # a re-exported mask must not reuse the old preprocessing
+    cases[0].label.touch()  # keyed by content: a copy or touch keeps the entry
+    assert cache_key(cases[0], TASK, PARAMS) == old_key
+    label = nib.load(cases[0].label)  # a corrected mask must not reuse the old preprocessing
+    edited = np.asarray(label.dataobj).copy()
+    edited[0, 0, 0] = 1
+    nib.save(nib.Nifti1Image(edited, label.affine), cases[0].label)
     assert cache_key(cases[0], TASK, PARAMS) != old_key
     assert cache_key(cases[0], TASK, {**PARAMS, "volume_size": [32, 32, 16]}) != cache_key(cases[0], TASK, PARAMS)
 

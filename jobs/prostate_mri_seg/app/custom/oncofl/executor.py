@@ -31,6 +31,7 @@ from nvflare.apis.utils.analytix_utils import create_analytic_dxo, send_analytic
 from nvflare.app_common.app_constant import AppConstants
 
 from .data import load_split, read_datalist
+from .datacheck import check_site
 from .engine import DeviceData, Trainer, resolve_device
 from .errors import OncoFLError
 from .privacy import OutgoingGuard
@@ -109,6 +110,8 @@ class OncoFLExecutor(Executor):
         config = load_site_config(find_site_config(self._site, self._workspace_root), site_name=self._site)
         self._guard.add(*config.sensitive_strings())
         device = resolve_device(config.gpu_ids, site=self._site)
+        check = check_site(config, decode=False)  # headers only: counts, vendors, spacing, unreadable files
+        self.log_info(fl_ctx, f"site data check: {check.summary()}")
         cases = read_datalist(config)
         started = time.perf_counter()
         train = load_split(cases["training"], self._spec, self._params, config)

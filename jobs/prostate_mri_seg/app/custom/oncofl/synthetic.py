@@ -24,7 +24,7 @@ import nibabel as nib
 import numpy as np
 import pydicom
 from pydicom.dataset import FileMetaDataset
-from pydicom.uid import ExplicitVRLittleEndian, MRImageStorage, generate_uid
+from pydicom.uid import CTImageStorage, ExplicitVRLittleEndian, MRImageStorage, generate_uid
 from scipy.ndimage import gaussian_filter
 
 FOV_MM = 160.0  # in-plane field of view, as a prostate T2 protocol
@@ -46,14 +46,17 @@ class VendorProfile:
     noise: float  # Rician noise sigma relative to tissue signal
     n_cases: int
     lesion_rate: float
+    fov_mm: float = FOV_MM
+    coverage_mm: float = COVERAGE_MM
+    modality: str = "MR"
 
     @property
     def pixel_spacing(self) -> float:
-        return FOV_MM / self.matrix
+        return self.fov_mm / self.matrix
 
     @property
     def slice_thickness(self) -> float:
-        return COVERAGE_MM / self.n_slices
+        return self.coverage_mm / self.n_slices
 
 
 # Small by default so CI stays fast; `scale_profile` turns them into realistic protocols.
@@ -163,32 +166,38 @@ def write_dicom_series(
     patient_id: str,
     patient_name: str,
 ) -> None:
-    """Write ``signal`` [x, y, z] as an MR series, one Explicit VR Little Endian file per slice."""
+    """Write ``signal`` [x, y, z] as an MR (or CT) series, one Explicit VR Little Endian file per slice."""
     folder.mkdir(parents=True, exist_ok=True)
     study_uid = generate_uid(entropy_srcs=[uid_seed, "study"])
     series_uid = generate_uid(entropy_srcs=[uid_seed, "series"])
     frame_uid = generate_uid(entropy_srcs=[uid_seed, "frame"])
+    sop_class = CTImageStorage if profile.modality == "CT" else MRImageStorage
     stored = np.clip(np.round((signal - profile.rescale_intercept) / profile.rescale_slope), 0, 4095).astype(np.uint16)
     for k in range(signal.shape[2]):
         sop_uid = generate_uid(entropy_srcs=[uid_seed, "slice", str(k)])
         meta = FileMetaDataset()
-        meta.MediaStorageSOPClassUID = MRImageStorage
+        meta.MediaStorageSOPClassUID = sop_class
         meta.MediaStorageSOPInstanceUID = sop_uid
         meta.TransferSyntaxUID = ExplicitVRLittleEndian
         ds = pydicom.Dataset()
         ds.file_meta = meta
-        ds.SOPClassUID = MRImageStorage
+        ds.SOPClassUID = sop_class
         ds.SOPInstanceUID = sop_uid
         ds.StudyInstanceUID = study_uid
         ds.SeriesInstanceUID = series_uid
         ds.FrameOfReferenceUID = frame_uid
-        ds.Modality = "MR"
+        ds.Modality = profile.modality
         ds.Manufacturer = profile.manufacturer
         ds.ManufacturerModelName = profile.model_name
         ds.PatientName = patient_name
         ds.PatientID = patient_id
         ds.PatientSex = "M"
+        ds.PatientBirthDate = ""
         ds.StudyDate = "20240101"
+        ds.StudyTime = "120000"
+        ds.StudyID = "1"
+        ds.AccessionNumber = ""
+        ds.ReferringPhysicianName = ""
         ds.SeriesDescription = "t2_tse_tra (synthetic)"
         ds.BodyPartExamined = "PROSTATE"
         ds.ScanningSequence = "SE"

@@ -9,24 +9,23 @@ from typing import Any
 import nibabel as nib
 import numpy as np
 import torch
-from monai.data import MetaTensor
 from monai.losses import DiceCELoss
 from monai.metrics import compute_dice
 from monai.networks.nets import UNet
-from monai.transforms import (
-    Compose,
-    Orientationd,
-    ResizeWithPadOrCropd,
-    ScaleIntensityRangePercentilesd,
-    Spacingd,
-)
 
-from ..dicom.series import read_series
+from ..dicom.seg import read_seg
+from ..dicom.series import SeriesVolume, read_series
 from ..errors import SiteDataError
+from ..preprocess import Preprocessor
 from . import TaskSpec
 
 # Target grid: 2.5 x 2.5 x 4 mm, 64 x 64 x 16 voxels = 160 x 160 x 64 mm around the image centre.
-DEFAULT_PARAMS: dict[str, Any] = {"target_spacing": [2.5, 2.5, 4.0], "volume_size": [64, 64, 16]}
+# spacing_policy: a series with a missing slice is refused ("refuse") or interpolated onto a uniform grid ("resample").
+DEFAULT_PARAMS: dict[str, Any] = {
+    "target_spacing": [2.5, 2.5, 4.0],
+    "volume_size": [64, 64, 16],
+    "spacing_policy": "refuse",
+}
 AFFINE_TOLERANCE_MM = 0.5
 
 
@@ -53,20 +52,15 @@ class ProstateSegNet(UNet):
 
 
 @lru_cache(maxsize=8)
-def _transforms(target_spacing: tuple[float, ...], volume_size: tuple[int, ...]) -> Compose:
-    keys = ("image", "label")
-    return Compose(
-        [
-            Orientationd(keys=keys, axcodes="RAS", labels=(("L", "R"), ("P", "A"), ("I", "S"))),
-            Spacingd(keys=keys, pixdim=target_spacing, mode=("bilinear", "nearest")),
-            ScaleIntensityRangePercentilesd(keys="image", lower=1, upper=99, b_min=0.0, b_max=1.0, clip=True),
-            ResizeWithPadOrCropd(keys=keys, spatial_size=volume_size),
-        ]
-    )
+def _preprocessor(target_spacing: tuple[float, ...], volume_size: tuple[int, ...]) -> Preprocessor:
+    return Preprocessor(target_spacing=target_spacing, size=volume_size, intensity="percentile")
 
 
-def read_label(label_path: Path, image_shape: tuple[int, ...], image_affine: np.ndarray) -> np.ndarray:
-    """Load a NIfTI whole-gland mask and check it lies on the image grid; any label > 0 counts as gland."""
+def read_label(label_path: Path, volume: SeriesVolume) -> np.ndarray:
+    """Load a NIfTI or DICOM-SEG whole-gland mask on the image grid; any label > 0 counts as gland."""
+    image_shape, image_affine = volume.array.shape, volume.affine
+    if Path(label_path).suffix.lower() in (".dcm", ".dicom"):
+        return (read_seg(label_path, volume) > 0).astype(np.uint8)
     try:
         img = nib.load(label_path)
         label = np.asarray(img.dataobj)
@@ -109,16 +103,13 @@ def read_label(label_path: Path, image_shape: tuple[int, ...], image_affine: np.
 
 
 def load_case(image_path: Path, label_path: Path, params: dict[str, Any]) -> tuple[np.ndarray, np.ndarray]:
-    volume = read_series(image_path)
-    label = read_label(label_path, volume.array.shape, volume.affine)
-    affine = torch.as_tensor(volume.affine, dtype=torch.float64)
-    data = {
-        "image": MetaTensor(torch.from_numpy(volume.array[None]), affine=affine),
-        "label": MetaTensor(torch.from_numpy(label[None]), affine=affine),
-    }
-    out = _transforms(tuple(params["target_spacing"]), tuple(params["volume_size"]))(data)
-    image = out["image"].as_tensor().numpy().astype(np.float32)
-    return image, (out["label"].as_tensor().numpy() > 0.5).astype(np.uint8)
+    """DICOM series + mask -> RAS, target spacing, percentile-scaled, centred fixed size (GPU when there is one)."""
+    volume = read_series(image_path, spacing_policy=params["spacing_policy"])
+    label = read_label(label_path, volume)
+    image, label, _ = _preprocessor(tuple(params["target_spacing"]), tuple(params["volume_size"]))(
+        volume.array, volume.affine, label
+    )
+    return image[None], label[None]
 
 
 def augment(

@@ -1,0 +1,44 @@
+import json
+
+from oncofl.datacheck import check_site
+from oncofl.site_config import load_site_config
+from tests.conftest import make_site
+
+
+def test_report_counts_mix_spacing_and_every_unreadable_file(tmp_path):
+    config = load_site_config(make_site(tmp_path, n_cases=5), site_name="site-1")
+    cases = json.loads(config.datalist.read_text())
+    bad_slice = sorted((config.data_root / cases["training"][1]["image"]).iterdir())[2]
+    bad_slice.write_bytes(b"not dicom at all")
+    cases["training"][2]["image"] = "cases/nowhere/dicom"
+    config.datalist.write_text(json.dumps(cases))
+
+    report = check_site(config)
+    summary = report.summary()
+    assert summary["cases"] == {"training": 4, "validation": 1}
+    assert summary["modalities"] == {"MR": 3} and summary["manufacturers"] == {"SIEMENS": 3}
+    assert summary["spacing_mm"]["median"] == [2.5, 2.5, 4.0]
+    assert len(summary["intensity_p1_p50_p99"]) == 3
+    assert sum(summary["unreadable"].values()) == 2 and not report.ok
+    local = report.local_text()
+    assert str(bad_slice) in local and "training case #2" in local and "Fix:" in local
+    text = json.dumps(summary)  # the aggregate view: no path, no patient identifier
+    assert str(tmp_path) not in text and "SYN-" not in text and "SYNTHETIC" not in text
+
+
+def test_check_script_exit_codes(tmp_path):
+    import subprocess
+    import sys
+
+    from tests.conftest import REPO
+
+    config = make_site(tmp_path, n_cases=3)
+    script = REPO / "scripts" / "check_site_data.py"
+    ok = subprocess.run(
+        [sys.executable, str(script), "--config", str(config), "--json"], capture_output=True, text=True
+    )
+    assert ok.returncode == 0 and json.loads(ok.stdout)["cases"] == {"training": 2, "validation": 1}
+    missing = subprocess.run(
+        [sys.executable, str(script), "--config", str(tmp_path / "nope.json")], capture_output=True, text=True
+    )
+    assert missing.returncode == 2 and "does not exist" in missing.stderr
