@@ -22,9 +22,10 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "custom"))
 
-from oncofl.evaluation import holdout_scores  # noqa: E402
+from oncofl import synthetic, wdbc  # noqa: E402
+from oncofl.evaluation import holdout_metric  # noqa: E402
 from oncofl.site_config import ENV_VAR  # noqa: E402
-from oncofl.synthetic import generate  # noqa: E402
+from oncofl.tasks import get_task  # noqa: E402
 
 
 @dataclass(frozen=True)
@@ -96,6 +97,16 @@ def run_simulator(
     return SimulatorResult(rc, time.perf_counter() - started, workspace / "server" / "simulate_job")
 
 
+# task -> (default data folder, writer of demo data for 3 sites); other tasks need --data
+TASK_DATA = {"prostate_seg": ("synthetic", synthetic.generate), "breast_wdbc": ("breast_wdbc", wdbc.generate)}
+
+
+def job_task(job: str | Path) -> str:
+    """The oncofl task a job folder runs (from its client config)."""
+    config = json.loads((Path(job) / "app" / "config" / "config_fed_client.json").read_text())
+    return config["executors"][0]["executor"]["args"]["task"]
+
+
 def cross_site_table(path: Path) -> str:
     """The cross-site matrix as text: rows = data site, columns = model."""
     results = json.loads(path.read_text())
@@ -112,15 +123,19 @@ def cross_site_table(path: Path) -> str:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--job", default=str(REPO / "jobs" / "prostate_mri_seg"))
-    parser.add_argument("--data", default=str(REPO / "data" / "synthetic"), help="made here if absent")
+    parser.add_argument("--data", default=None, help="site data (made if absent; default: data/<kind> of the job)")
     parser.add_argument("--workspace", default=str(REPO / "workspace" / "simulator"))
     parser.add_argument("--sites", nargs="+", default=["site-1", "site-2", "site-3"])
     args = parser.parse_args(argv)
 
-    data = Path(args.data)
+    task = job_task(args.job)
+    if args.data is None and task not in TASK_DATA:
+        parser.error(f"no demo data for task '{task}': pass --data <folder with site_configs/>")
+    data = Path(args.data or REPO / "data" / TASK_DATA[task][0])
+    key = get_task(task).key_metric
     if not (data / "site_configs").is_dir():
-        print(f"making synthetic data for 3 sites in {data} ...", flush=True)
-        generate(data)
+        print(f"making data for 3 sites in {data} ...", flush=True)
+        TASK_DATA[task][1](data)
     print(f"running {args.job} in the FLARE simulator with {', '.join(args.sites)} ...", flush=True)
     result = run_simulator(args.job, args.workspace, data / "site_configs", args.sites)
     if result.returncode != 0:
@@ -133,16 +148,16 @@ def main(argv: list[str] | None = None) -> int:
     print(f"TensorBoard events : {result.tb_events}   (tensorboard --logdir {result.tb_events})")
     if result.cross_site.is_file():
         print(
-            "\ncross-site validation Dice (rows: data of site, columns: model)\n" + cross_site_table(result.cross_site)
+            f"\ncross-site {key} (rows: data of site, columns: model)\n"
+            + cross_site_table(result.cross_site)
         )
     holdout = data / "holdout"
     if holdout.is_dir() and result.best_model.is_file():
-        mean = lambda xs: sum(xs) / len(xs)  # noqa: E731
-        initial = mean(holdout_scores(None, holdout))
-        final = mean(holdout_scores(result.global_model, holdout))
-        best = mean(holdout_scores(result.best_model, holdout))
+        initial, final, best = (
+            holdout_metric(model, holdout, task=task) for model in (None, result.global_model, result.best_model)
+        )
         print(
-            f"\nheld-out Dice (every vendor, never trained on): initial {initial:.3f} -> "
+            f"\nheld-out {key.removeprefix('val_')} (cases no site trained on): initial {initial:.3f} -> "
             f"final global {final:.3f}, best global {best:.3f}"
         )
     return 0

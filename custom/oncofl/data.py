@@ -5,6 +5,8 @@ The datalist is MONAI/Decathlon style JSON, paths relative to the site's data ro
     {"training": [{"image": "cases/case_0003/dicom", "label": "cases/case_0003/label.nii.gz"}, ...],
      "validation": [...]}
 
+``label`` is a file (a mask) for segmentation tasks, or a number (the class) for classification tasks.
+
 Each case is decoded and preprocessed once; the result is cached on disk (``cache_dir``), keyed by the files'
 content (SHA-256) plus the preprocessing parameters, so later rounds and later jobs skip DICOM decoding.
 """
@@ -39,7 +41,7 @@ class CaseRef:
     split: str
     index: int
     image: Path
-    label: Path
+    label: Path | float  # a mask file, or the class of a classification case
 
     @property
     def item(self) -> str:
@@ -48,7 +50,7 @@ class CaseRef:
 
 @dataclass
 class SplitData:
-    """A preprocessed split held in memory: images [N, C, ...] float32, labels [N, 1, ...] uint8."""
+    """A preprocessed split held in memory: images [N, C, ...] float32, labels [N, 1, ...] (masks or classes)."""
 
     images: np.ndarray
     labels: np.ndarray
@@ -98,16 +100,24 @@ def parse_datalist(
             )
         refs = []
         for i, entry in enumerate(entries):
-            if not isinstance(entry, dict) or not all(isinstance(entry.get(k), str) for k in ("image", "label")):
+            label = entry.get("label") if isinstance(entry, dict) else None
+            if (
+                not isinstance(entry, dict)
+                or not isinstance(entry.get("image"), str)
+                or not isinstance(label, (str, int, float))
+                or isinstance(label, bool)
+            ):
                 raise SiteDataError(
-                    f"datalist {split} case #{i} must be an object with string 'image' and 'label'",
+                    f"datalist {split} case #{i} must be an object with a string 'image' and a 'label' "
+                    "(a mask file, or a class number)",
                     fix="correct that entry of the datalist",
                     site=site,
                     path=path,
                 )
-            ref = CaseRef(split, i, config.data_root / entry["image"], config.data_root / entry["label"])
+            label = config.data_root / label if isinstance(label, str) else float(label)
+            ref = CaseRef(split, i, config.data_root / entry["image"], label)
             for kind, p in (("image", ref.image), ("label", ref.label)):
-                if not p.exists():
+                if isinstance(p, Path) and not p.exists():
                     missing.append(
                         SiteDataError(
                             f"{kind} does not exist",
@@ -122,8 +132,10 @@ def parse_datalist(
     return result, missing
 
 
-def _fingerprint(path: Path) -> list[str]:
+def _fingerprint(path: Path | float) -> list[str] | float:
     """SHA-256 of every file's bytes: a re-exported or edited file never reuses an old cache entry."""
+    if not isinstance(path, Path):
+        return path  # a class label is its own fingerprint
     files = sorted(f for f in path.iterdir() if f.is_file()) if path.is_dir() else [path]
     return [hashlib.file_digest(f.open("rb"), "sha256").hexdigest() for f in files]
 

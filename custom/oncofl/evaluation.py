@@ -12,7 +12,7 @@ from .site_config import SiteConfig
 from .tasks import get_task
 
 
-def holdout_scores(
+def holdout_metric(
     checkpoint: str | Path | None,
     data_root: str | Path,
     *,
@@ -21,8 +21,8 @@ def holdout_scores(
     cache_dir: str | Path | None = None,
     init_seed: int = 0,
     batch_size: int = 4,
-) -> list[float]:
-    """Per-case key metric of ``checkpoint`` on ``<data_root>/datalist.json[split]``.
+) -> float:
+    """The task's key metric of ``checkpoint`` on ``<data_root>/datalist.json[split]``.
 
     ``checkpoint=None`` scores the freshly initialised network (seeded), i.e. what a job starts from.
     """
@@ -42,4 +42,4 @@ def holdout_scores(
         state = torch.load(checkpoint, map_location="cpu", weights_only=False)
         trainer.load_state({k: v.numpy() for k, v in state.get("model", state).items()})
     data = DeviceData.from_numpy(split_data.images, split_data.labels, device)
-    return trainer.scores(data, batch_size=batch_size).tolist()
+    return trainer.evaluate(data, batch_size=batch_size)

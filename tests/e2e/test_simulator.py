@@ -2,13 +2,12 @@
 
 import json
 import shutil
-import statistics
 
 import pydicom
 import pytest
 
 from jobs.prostate_mri_seg import export
-from oncofl.evaluation import holdout_scores
+from oncofl.evaluation import holdout_metric
 from scripts.run_simulator import run_simulator
 from tests.conftest import REPO
 
@@ -20,6 +19,7 @@ pytestmark = pytest.mark.slow
 MAX_INITIAL_DICE = 0.15
 MIN_FINAL_DICE = 0.70
 MIN_GAIN = 0.50
+MIN_WDBC_ACCURACY = 0.95  # measured 0.991 on seed 0 (112/113); 0.95 allows 5 errors
 
 
 def identifiers(data_root):
@@ -59,9 +59,9 @@ def test_three_sites_learn_and_produce_global_best_and_cross_site_results(synthe
         assert any((result.tb_events / site).iterdir()), f"no TensorBoard events from {site} on the server"
 
     holdout = synthetic_data / "holdout"
-    initial = statistics.mean(holdout_scores(None, holdout))
-    final = statistics.mean(holdout_scores(result.global_model, holdout))
-    best = statistics.mean(holdout_scores(result.best_model, holdout))
+    initial = holdout_metric(None, holdout)
+    final = holdout_metric(result.global_model, holdout)
+    best = holdout_metric(result.best_model, holdout)
     print(
         f"held-out Dice: initial {initial:.3f}, final global {final:.3f}, best global {best:.3f}, "
         f"{result.seconds:.0f} s"
@@ -99,3 +99,26 @@ def test_site_with_unreadable_dicom_is_reported_and_others_finish(synthetic_data
     assert str(data) not in server_log and victim.name not in server_log
     leaked = [s for s in identifiers(data) if s.encode() in server_side_text(result.job_dir)]
     assert not leaked
+
+
+def test_breast_wdbc_federated_learns_on_real_data(tmp_path):
+    """Real data (scikit-learn's WDBC), 3 non-IID sites, 10 rounds: accuracy on the held-out 20 %."""
+    from oncofl import wdbc
+
+    data = wdbc.generate(tmp_path / "data", seed=0)
+    result = run_simulator(
+        REPO / "jobs" / "breast_wdbc",
+        tmp_path / "ws",
+        data / "site_configs",
+        SITES,
+        timeout=900,
+        log_file=tmp_path / "simulator.log",
+    )
+    assert result.returncode == 0, (tmp_path / "simulator.log").read_text()[-4000:]
+    initial = holdout_metric(None, data / "holdout", task="breast_wdbc")
+    final = holdout_metric(result.global_model, data / "holdout", task="breast_wdbc")
+    print(f"breast_wdbc held-out accuracy: initial {initial:.3f}, final global {final:.3f}, {result.seconds:.0f} s")
+    # measured: 0.991 (seed 0); the 3-seed table is in docs/benchmarks.md
+    assert final >= MIN_WDBC_ACCURACY and final - initial >= 0.3
+    cross = json.loads(result.cross_site.read_text())
+    assert sorted(cross) == SITES and all("SRV_FL_global_model.pt" in cross[s] for s in SITES)

@@ -3,8 +3,11 @@ import json
 import subprocess
 import sys
 
+import pytest
+
 from tests.conftest import REPO
 
+JOBS = ["prostate_mri_seg", "breast_wdbc"]
 JOB = REPO / "jobs" / "prostate_mri_seg"
 
 
@@ -19,19 +22,19 @@ def _diff(a, b, rel=""):
     return problems
 
 
-def test_committed_job_folder_equals_generated(tmp_path):
+@pytest.mark.parametrize("name", JOBS)
+def test_committed_job_folder_equals_generated(tmp_path, name):
     subprocess.run(
-        [sys.executable, str(REPO / "jobs" / "prostate_mri_seg.py"), "--out", str(tmp_path)],
-        check=True,
-        capture_output=True,
+        [sys.executable, str(REPO / "jobs" / f"{name}.py"), "--out", str(tmp_path)], check=True, capture_output=True
     )
-    problems = _diff(JOB, tmp_path / "prostate_mri_seg")
-    assert not problems, "regenerate with `python jobs/prostate_mri_seg.py`: " + "; ".join(problems)
+    problems = _diff(REPO / "jobs" / name, tmp_path / name)
+    assert not problems, f"regenerate with `python jobs/{name}.py`: " + "; ".join(problems)
 
 
-def test_job_holds_no_site_paths_and_streams_no_logs():
-    for name in ("meta.json", "app/config/config_fed_server.json", "app/config/config_fed_client.json"):
-        text = (JOB / name).read_text()
+@pytest.mark.parametrize("name", JOBS)
+def test_job_holds_no_site_paths_and_streams_no_logs(name):
+    for file in ("meta.json", "app/config/config_fed_server.json", "app/config/config_fed_client.json"):
+        text = (REPO / "jobs" / name / file).read_text()
         json.loads(text)
         assert "data_root" not in text and "/" + "home" not in text and "/tmp" not in text and str(REPO) not in text
         assert "LogStreamer" not in text  # site logs (which name local files) stay at the site

@@ -140,6 +140,11 @@ def make_loss() -> DiceCELoss:
     return DiceCELoss(to_onehot_y=True, softmax=True)
 
 
+def mean_dice(logits: torch.Tensor, labels: torch.Tensor) -> float:
+    """The key metric: foreground Dice averaged over cases."""
+    return float(dice_per_case(logits, labels).mean())
+
+
 def dice_per_case(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
     """Foreground Dice per case; a case with no gland in both prediction and truth scores 1."""
     pred = logits.argmax(dim=1, keepdim=True)
@@ -155,6 +160,6 @@ TASK = TaskSpec(
     load_case=load_case,
     augment=augment,
     make_loss=make_loss,
-    metric=dice_per_case,
+    metric=mean_dice,
     default_params=DEFAULT_PARAMS,
 )

@@ -121,6 +121,8 @@ class Trainer:
         batch_size: int,
         should_abort: Callable[[], bool] = lambda: False,
     ) -> RoundStats:
+        if self.task.prepare is not None:
+            self.task.prepare(self.model, data.images)
         self.model.train()
         steps, total = 0, 0.0
         for _ in range(epochs):
@@ -143,16 +145,15 @@ class Trainer:
         return RoundStats(steps, mean)
 
     @torch.no_grad()
-    def scores(self, data: DeviceData, *, batch_size: int) -> torch.Tensor:
-        """The task's metric for every case of ``data``."""
+    def predict(self, data: DeviceData, *, batch_size: int) -> torch.Tensor:
+        """Logits (float32) for every case of ``data``."""
         self.model.eval()
-        scores = []
-        for images, labels in data.batches(batch_size):
+        outputs = []
+        for images, _ in data.batches(batch_size):
             with _autocast(self.device, self.dtype):
-                logits = self.model(images)
-            scores.append(self.task.metric(logits.float(), labels))
-        return torch.cat(scores)
+                outputs.append(self.model(images).float())
+        return torch.cat(outputs)
 
     def evaluate(self, data: DeviceData, *, batch_size: int) -> float:
-        """Mean of the task's per-case metric over ``data``."""
-        return float(self.scores(data, batch_size=batch_size).mean())
+        """The task's metric over the whole of ``data``."""
+        return float(self.task.metric(self.predict(data, batch_size=batch_size), data.labels))

@@ -1,0 +1,59 @@
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from oncofl import wdbc
+from oncofl.errors import SiteDataError
+from oncofl.tasks import get_task
+from oncofl.tasks.breast_wdbc import WDBCNet, prepare
+
+TASK = get_task("breast_wdbc")
+
+
+def test_sites_are_non_iid_and_holdout_is_disjoint(tmp_path):
+    root = wdbc.generate(tmp_path, seed=3)
+    holdout, sites = wdbc.split(3)
+    all_site = np.concatenate(list(sites.values()))
+    assert len(set(all_site)) == len(all_site) and not set(all_site) & set(holdout)
+    assert len(all_site) + len(holdout) == 569
+    ratios = []
+    for site in wdbc.SITES:
+        datalist = json.loads((root / site / "datalist.json").read_text())
+        labels = [e["label"] for e in datalist["training"] + datalist["validation"]]
+        ratios.append(sum(labels) / len(labels))
+    assert ratios[0] > 0.5 > ratios[1] > ratios[2]  # malignant share differs by site
+
+
+def test_load_case_reads_features_and_refuses_bad_rows(tmp_path):
+    root = wdbc.generate(tmp_path, seed=0)
+    entry = json.loads((root / "site-1" / "datalist.json").read_text())["training"][0]
+    x, y = TASK.load_case(root / "site-1" / entry["image"], float(entry["label"]), {})
+    assert x.shape == (30,) and x.dtype == np.float32 and y.tolist() == [entry["label"]]
+    bad = tmp_path / "bad.csv"
+    bad.write_text("a,b\n1.0,2.0\n")
+    with pytest.raises(SiteDataError, match="expected 30 finite non-negative features, got 2"):
+        TASK.load_case(bad, 1.0, {})
+    with pytest.raises(SiteDataError, match="label must be 0"):
+        TASK.load_case(root / "site-1" / entry["image"], 2.0, {})
+
+
+def test_step_weighted_fedavg_of_site_moments_is_the_pooled_standardization():
+    rng = np.random.default_rng(0)
+    sites = [torch.tensor(rng.lognormal(size=(n, 30)), dtype=torch.float32) for n in (40, 64, 96)]
+    models = []
+    for x in sites:
+        model = WDBCNet()
+        prepare(model, x)
+        models.append(model)
+    weights = torch.tensor([len(x) for x in sites], dtype=torch.float32)  # NUM_STEPS is proportional to cases
+    weights /= weights.sum()
+    pooled = torch.cat(sites)
+    for key, expected in (("input_mean", pooled.mean(0)), ("input_sq_mean", (pooled**2).mean(0))):
+        averaged = sum(w * m.state_dict()[key] for w, m in zip(weights, models))
+        torch.testing.assert_close(averaged, expected, rtol=1e-4, atol=1e-4)
+    model = WDBCNet()
+    model.load_state_dict(models[0].state_dict())
+    prepare(model, sites[2])  # once the global model carries statistics, a site never overwrites them
+    torch.testing.assert_close(model.input_mean, models[0].input_mean)
