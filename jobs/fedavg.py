@@ -51,6 +51,7 @@ def build_fedavg_job(
     learning_rate: float,
     min_clients: int = 2,
     preprocess: dict[str, Any] | None = None,
+    network: dict[str, Any] | None = None,
     train_timeout: int = 0,
 ) -> FedJob:
     """One job for one task of :mod:`oncofl.tasks`; the server's model is the task's network."""
@@ -58,7 +59,7 @@ def build_fedavg_job(
     job = FedJob(name=name, min_clients=min_clients)
     job.set_app_packages(["oncofl"])  # the whole package is shipped by export(), not module by module
 
-    job.to_server(PTFileModelPersistor(model=spec.build_network()), id="persistor")
+    job.to_server(PTFileModelPersistor(model=spec.build_network(**(network or {}))), id="persistor")
     job.to_server(FullModelShareableGenerator(), id="shareable_generator")
     job.to_server(InTimeAccumulateWeightedAggregator(expected_data_kind=DataKind.WEIGHTS), id="aggregator")
     job.to_server(IntimeModelSelector(key_metric=spec.key_metric), id="model_selector")
@@ -80,7 +81,12 @@ def build_fedavg_job(
     job.to_server(CrossSiteModelEval(model_locator_id="model_locator"), id="cross_site_eval")
 
     executor = OncoFLExecutor(
-        task=task, local_epochs=local_epochs, batch_size=batch_size, learning_rate=learning_rate, preprocess=preprocess
+        task=task,
+        local_epochs=local_epochs,
+        batch_size=batch_size,
+        learning_rate=learning_rate,
+        preprocess=preprocess,
+        network=network,
     )
     job.to_clients(executor, id="executor", tasks=["train", "validate", "submit_model"])
     job.to_clients(PHIGuardFilter(), filter_type=FilterType.TASK_RESULT, tasks=["*"])  # everything leaving a site

@@ -22,7 +22,7 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "custom"))
 
-from oncofl import synthetic, wdbc  # noqa: E402
+from oncofl import synthetic, synthetic_lung, synthetic_mammo, wdbc  # noqa: E402
 from oncofl.evaluation import holdout_metric  # noqa: E402
 from oncofl.site_config import ENV_VAR  # noqa: E402
 from oncofl.tasks import get_task  # noqa: E402
@@ -98,13 +98,23 @@ def run_simulator(
 
 
 # task -> (default data folder, writer of demo data for 3 sites); other tasks need --data
-TASK_DATA = {"prostate_seg": ("synthetic", synthetic.generate), "breast_wdbc": ("breast_wdbc", wdbc.generate)}
+TASK_DATA = {
+    "prostate_seg": ("synthetic", synthetic.generate),
+    "breast_wdbc": ("breast_wdbc", wdbc.generate),
+    "breast_mammo_cls": ("synthetic_mammo", synthetic_mammo.generate),
+    "lung_nodule_cls": ("synthetic_lung", synthetic_lung.generate),
+}
+
+
+def executor_args(job: str | Path) -> dict:
+    """The OncoFLExecutor arguments of a job folder (task, network, ...)."""
+    config = json.loads((Path(job) / "app" / "config" / "config_fed_client.json").read_text())
+    return config["executors"][0]["executor"]["args"]
 
 
 def job_task(job: str | Path) -> str:
-    """The oncofl task a job folder runs (from its client config)."""
-    config = json.loads((Path(job) / "app" / "config" / "config_fed_client.json").read_text())
-    return config["executors"][0]["executor"]["args"]["task"]
+    """The oncofl task a job folder runs."""
+    return executor_args(job)["task"]
 
 
 def cross_site_table(path: Path) -> str:
@@ -147,14 +157,18 @@ def main(argv: list[str] | None = None) -> int:
     print(f"cross-site matrix  : {result.cross_site}")
     print(f"TensorBoard events : {result.tb_events}   (tensorboard --logdir {result.tb_events})")
     if result.cross_site.is_file():
-        print(
-            f"\ncross-site {key} (rows: data of site, columns: model)\n"
-            + cross_site_table(result.cross_site)
-        )
+        print(f"\ncross-site {key} (rows: data of site, columns: model)\n" + cross_site_table(result.cross_site))
     holdout = data / "holdout"
     if holdout.is_dir() and result.best_model.is_file():
         initial, final, best = (
-            holdout_metric(model, holdout, task=task) for model in (None, result.global_model, result.best_model)
+            holdout_metric(
+                model,
+                holdout,
+                task=task,
+                network=executor_args(args.job).get("network"),
+                params=executor_args(args.job).get("preprocess"),
+            )
+            for model in (None, result.global_model, result.best_model)
         )
         print(
             f"\nheld-out {key.removeprefix('val_')} (cases no site trained on): initial {initial:.3f} -> "

@@ -6,6 +6,7 @@ import contextlib
 import math
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import torch
@@ -85,10 +86,22 @@ class RoundStats:
 class Trainer:
     """Holds the model, optimizer and AMP state of one site across rounds."""
 
-    def __init__(self, task: TaskSpec, device: torch.device, *, learning_rate: float, seed: int) -> None:
+    def __init__(
+        self,
+        task: TaskSpec,
+        device: torch.device,
+        *,
+        learning_rate: float,
+        seed: int,
+        network: dict[str, Any] | None = None,
+    ) -> None:
         self.task = task
         self.device = device
-        self.model = task.build_network().to(device)
+        self.channels_last = task.channels_last and device.type == "cuda"
+        self.model = task.build_network(**(network or {})).to(device)
+        if self.channels_last:
+            self.model = self.model.to(memory_format=torch.channels_last)
+        self.has_batchnorm = any(isinstance(m, torch.nn.modules.batchnorm._BatchNorm) for m in self.model.modules())
         self.loss_fn = task.make_loss()
         self.optimizer = torch.optim.Adam(self.model.parameters(), lr=learning_rate)
         self.dtype = amp_dtype(device)
@@ -128,9 +141,13 @@ class Trainer:
         for _ in range(epochs):
             order = torch.randperm(len(data), generator=self.generator, device=self.device)
             for images, labels in data.batches(batch_size, order):
+                if self.has_batchnorm and len(images) < 2 <= len(data):
+                    continue  # a lone last sample (reshuffled next epoch): BatchNorm cannot train on one
                 if should_abort():
                     return RoundStats(steps, total / max(steps, 1), aborted=True)
                 images, labels = self.task.augment(images, labels, self.generator)
+                if self.channels_last:
+                    images = images.contiguous(memory_format=torch.channels_last)
                 self.optimizer.zero_grad(set_to_none=True)
                 with _autocast(self.device, self.dtype):
                     loss = self.loss_fn(self.model(images), labels)
@@ -155,5 +172,13 @@ class Trainer:
         return torch.cat(outputs)
 
     def evaluate(self, data: DeviceData, *, batch_size: int) -> float:
-        """The task's metric over the whole of ``data``."""
-        return float(self.task.metric(self.predict(data, batch_size=batch_size), data.labels))
+        """The task's key metric over the whole of ``data``."""
+        return self.evaluate_all(data, batch_size=batch_size)[self.task.key_metric]
+
+    def evaluate_all(self, data: DeviceData, *, batch_size: int) -> dict[str, float]:
+        """The key metric and the task's extra metrics, named as reported."""
+        logits = self.predict(data, batch_size=batch_size)
+        metrics = {self.task.key_metric: float(self.task.metric(logits, data.labels))}
+        if self.task.extra_metrics is not None:
+            metrics.update({f"val_{k}": float(v) for k, v in self.task.extra_metrics(logits, data.labels).items()})
+        return metrics

@@ -7,7 +7,7 @@ import pytest
 
 from tests.conftest import REPO
 
-JOBS = ["prostate_mri_seg", "breast_wdbc"]
+JOBS = ["prostate_mri_seg", "breast_wdbc", "breast_mammo_cls", "lung_nodule_cls"]
 JOB = REPO / "jobs" / "prostate_mri_seg"
 
 

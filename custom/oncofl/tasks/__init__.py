@@ -20,14 +20,15 @@ class TaskSpec:
     """Everything task-specific: network, case loading, augmentation, loss, metric.
 
     ``load_case(image, label, params)`` returns ``(image [C, ...] float32, label [1, ...])`` as numpy arrays of a
-    fixed shape (``label`` is a mask path or a class number); ``augment(images, labels, generator)`` works on whole
+    fixed shape (``label`` is a mask path or a class number; ``params`` also carries the datalist entry's other keys,
+    e.g. a nodule's ``center_mm``); ``augment(images, labels, generator)`` works on whole
     batches on the training device; ``metric(logits, labels)`` scores a whole split (all its logits and labels at
     once, so AUC works too; higher is better) and is reported as ``key_metric``.
     """
 
     name: str
     key_metric: str
-    build_network: Callable[[], torch.nn.Module]
+    build_network: Callable[..., torch.nn.Module]  # keyword arguments = the job's ``network`` settings
     load_case: Callable[[Path, Path | float, dict[str, Any]], tuple[np.ndarray, np.ndarray]]
     augment: Callable[[torch.Tensor, torch.Tensor, torch.Generator], tuple[torch.Tensor, torch.Tensor]]
     make_loss: Callable[[], Callable[[torch.Tensor, torch.Tensor], torch.Tensor]]
@@ -35,6 +36,9 @@ class TaskSpec:
     default_params: dict[str, Any] = field(default_factory=dict)
     # called before each local training round with the site's training inputs (e.g. to set normalization stats)
     prepare: Callable[[torch.nn.Module, torch.Tensor], None] | None = None
+    channels_last: bool = False  # 2D CNNs run faster in channels-last memory format on GPUs
+    # extra named metrics over a whole split, reported beside the key metric (e.g. sensitivity at 90 % specificity)
+    extra_metrics: Callable[[torch.Tensor, torch.Tensor], dict[str, float]] | None = None
 
     def params(self, overrides: dict[str, Any] | None) -> dict[str, Any]:
         """Job hyper-parameters for preprocessing, validated against the task's defaults."""

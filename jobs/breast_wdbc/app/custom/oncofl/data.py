@@ -18,7 +18,7 @@ import json
 import logging
 import os
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -42,6 +42,7 @@ class CaseRef:
     index: int
     image: Path
     label: Path | float  # a mask file, or the class of a classification case
+    extra: dict[str, Any] = field(default_factory=dict)  # other keys of the entry (e.g. a nodule's center_mm)
 
     @property
     def item(self) -> str:
@@ -115,7 +116,8 @@ def parse_datalist(
                     path=path,
                 )
             label = config.data_root / label if isinstance(label, str) else float(label)
-            ref = CaseRef(split, i, config.data_root / entry["image"], label)
+            extra = {k: v for k, v in entry.items() if k not in ("image", "label")}
+            ref = CaseRef(split, i, config.data_root / entry["image"], label, extra)
             for kind, p in (("image", ref.image), ("label", ref.label)):
                 if isinstance(p, Path) and not p.exists():
                     missing.append(
@@ -142,7 +144,8 @@ def _fingerprint(path: Path | float) -> list[str] | float:
 
 def cache_key(case: CaseRef, task: TaskSpec, params: dict[str, Any]) -> str:
     blob = json.dumps(
-        [CACHE_VERSION, task.name, params, _fingerprint(case.image), _fingerprint(case.label)], sort_keys=True
+        [CACHE_VERSION, task.name, params, case.extra, _fingerprint(case.image), _fingerprint(case.label)],
+        sort_keys=True,
     )
     return hashlib.sha256(blob.encode()).hexdigest()[:32]
 
@@ -158,7 +161,7 @@ def load_case_cached(
                 return z["image"], z["label"]
         except Exception:  # a damaged cache entry is rebuilt, never trusted
             logger.warning("rebuilding damaged cache entry %s", cache_file)
-    image, label = task.load_case(case.image, case.label, params)
+    image, label = task.load_case(case.image, case.label, {**params, **case.extra})
     cache_dir.mkdir(parents=True, exist_ok=True)
     tmp = cache_file.with_suffix(f".{os.getpid()}.tmp.npz")
     np.savez(tmp, image=image, label=label)

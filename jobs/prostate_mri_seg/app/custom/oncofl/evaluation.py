@@ -21,6 +21,8 @@ def holdout_metric(
     cache_dir: str | Path | None = None,
     init_seed: int = 0,
     batch_size: int = 4,
+    network: dict | None = None,
+    params: dict | None = None,
 ) -> float:
     """The task's key metric of ``checkpoint`` on ``<data_root>/datalist.json[split]``.
 
@@ -34,10 +36,10 @@ def holdout_metric(
         cache_dir=Path(cache_dir) if cache_dir else data_root / ".oncofl_cache",
         site_name="holdout",
     )
-    split_data = load_split(read_datalist(config, splits=(split,))[split], spec, spec.params(None), config)
+    split_data = load_split(read_datalist(config, splits=(split,))[split], spec, spec.params(params), config)
     device = resolve_device()
     torch.manual_seed(init_seed)
-    trainer = Trainer(spec, device, learning_rate=1e-3, seed=init_seed)
+    trainer = Trainer(spec, device, learning_rate=1e-3, seed=init_seed, network=network)
     if checkpoint is not None:
         state = torch.load(checkpoint, map_location="cpu", weights_only=False)
         trainer.load_state({k: v.numpy() for k, v in state.get("model", state).items()})

@@ -54,6 +54,7 @@ class OncoFLExecutor(Executor):
         batch_size: int = 4,
         learning_rate: float = 1e-3,
         preprocess: dict[str, Any] | None = None,
+        network: dict[str, Any] | None = None,
         seed: int = 0,
         train_task_name: str = AppConstants.TASK_TRAIN,
         validate_task_name: str = AppConstants.TASK_VALIDATION,
@@ -67,6 +68,7 @@ class OncoFLExecutor(Executor):
         self.batch_size = batch_size
         self.learning_rate = learning_rate
         self.preprocess = preprocess
+        self.network = network
         self.seed = seed
         self.train_task_name = train_task_name
         self.validate_task_name = validate_task_name
@@ -124,7 +126,9 @@ class OncoFLExecutor(Executor):
         self._train = DeviceData.from_numpy(train.images, train.labels, device)
         self._val = DeviceData.from_numpy(val.images, val.labels, device)
         self._config = config
-        self._trainer = Trainer(self._spec, device, learning_rate=self.learning_rate, seed=self.seed)
+        self._trainer = Trainer(
+            self._spec, device, learning_rate=self.learning_rate, seed=self.seed, network=self.network
+        )
 
     # -- tasks -------------------------------------------------------------------------------------------------
     def execute(self, task_name: str, shareable: Shareable, fl_ctx: FLContext, abort_signal: Signal) -> Shareable:
@@ -175,7 +179,8 @@ class OncoFLExecutor(Executor):
         if stats.aborted:
             self.log_info(fl_ctx, f"round {current_round}: training aborted after {stats.steps} steps")
             return make_reply(ReturnCode.TASK_ABORTED)
-        local_score = trainer.evaluate(val, batch_size=self.batch_size)
+        local_metrics = trainer.evaluate_all(val, batch_size=self.batch_size)
+        local_score = local_metrics[key]
         self._local_weights = trainer.state()
         self._save_local_model()
         seconds = time.perf_counter() - started
@@ -184,9 +189,10 @@ class OncoFLExecutor(Executor):
             f"round {current_round}: global {key}={global_score:.4f} -> local {key}={local_score:.4f}, "
             f"loss={stats.mean_loss:.4f}, {stats.steps} steps in {seconds:.1f} s",
         )
+        extra = {f"{k}_local": v for k, v in local_metrics.items() if k != key}
         self._report(
             fl_ctx,
-            {f"{key}_global": global_score, f"{key}_local": local_score, "train_loss": stats.mean_loss},
+            {f"{key}_global": global_score, f"{key}_local": local_score, "train_loss": stats.mean_loss, **extra},
             step=current_round,
         )
         meta = {
@@ -200,9 +206,9 @@ class OncoFLExecutor(Executor):
         assert trainer is not None and val is not None
         owner = shareable.get_header(AppConstants.MODEL_OWNER, "?")
         trainer.load_state(self._incoming_weights(shareable))
-        score = trainer.evaluate(val, batch_size=self.batch_size)
-        self.log_info(fl_ctx, f"validated model from {owner}: {self._spec.key_metric}={score:.4f}")
-        return DXO(data_kind=DataKind.METRICS, data=self._guard.metrics({self._spec.key_metric: score})).to_shareable()
+        metrics = trainer.evaluate_all(val, batch_size=self.batch_size)
+        self.log_info(fl_ctx, f"validated model from {owner}: {metrics}")
+        return DXO(data_kind=DataKind.METRICS, data=self._guard.metrics(metrics)).to_shareable()
 
     def _do_submit_model(self, fl_ctx: FLContext) -> Shareable:
         if self._local_weights is None:

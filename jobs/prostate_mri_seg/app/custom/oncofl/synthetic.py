@@ -198,12 +198,17 @@ def write_dicom_series(
         ds.StudyID = "1"
         ds.AccessionNumber = ""
         ds.ReferringPhysicianName = ""
-        ds.SeriesDescription = "t2_tse_tra (synthetic)"
-        ds.BodyPartExamined = "PROSTATE"
-        ds.ScanningSequence = "SE"
-        ds.SequenceVariant = "SK"
-        ds.MRAcquisitionType = "2D"
-        ds.MagneticFieldStrength = 3
+        if profile.modality == "MR":
+            ds.SeriesDescription = "t2_tse_tra (synthetic)"
+            ds.BodyPartExamined = "PROSTATE"
+            ds.ScanningSequence = "SE"
+            ds.SequenceVariant = "SK"
+            ds.MRAcquisitionType = "2D"
+            ds.MagneticFieldStrength = 3
+        else:
+            ds.SeriesDescription = "chest ct (synthetic)"
+            ds.BodyPartExamined = "CHEST"
+            ds.KVP = 120
         ds.SeriesNumber = 1
         ds.InstanceNumber = k + 1
         ds.ImageOrientationPatient = [1, 0, 0, 0, 1, 0]

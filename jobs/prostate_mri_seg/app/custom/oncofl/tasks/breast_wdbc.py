@@ -11,6 +11,7 @@ from torch import nn
 
 from ..errors import SiteDataError
 from . import TaskSpec
+from ._classification import make_loss
 
 N_FEATURES = 30
 
@@ -75,14 +76,6 @@ def load_case(image_path: Path, label: Path | float, params: dict[str, Any]) -> 
 
 def augment(x: torch.Tensor, y: torch.Tensor, generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
     return x, y
-
-
-def make_loss() -> nn.Module:
-    class FlatCrossEntropy(nn.CrossEntropyLoss):
-        def forward(self, logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-            return super().forward(logits, labels.view(-1))
-
-    return FlatCrossEntropy()
 
 
 def accuracy(logits: torch.Tensor, labels: torch.Tensor) -> float:

@@ -1,0 +1,76 @@
+"""Definition of the ``breast_mammo_cls`` FLARE job; running it (re)writes the job folder ``jobs/breast_mammo_cls/``.
+
+    python jobs/breast_mammo_cls.py                       # regenerate the committed job folder (512^2, DenseNet121)
+    python jobs/breast_mammo_cls.py --out /tmp/jobs --image-size 128 --small-network --num-rounds 5
+
+Mammogram classification, malignant vs benign/normal (task ``breast_mammo_cls``), the shared FedAvg job shape.
+The committed job is sized for GPU sites; ``--image-size 128 --small-network`` is the CPU variant the tests run.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from fedavg import REPO, build_fedavg_job  # noqa: E402
+from fedavg import export as export_job  # noqa: E402
+
+JOB_NAME = "breast_mammo_cls"
+SMALL_NETWORK = {"init_features": 16, "growth_rate": 8, "block_config": [2, 2, 2]}  # ~0.1 M parameters
+
+
+def export(
+    out_dir: str | Path,
+    *,
+    num_rounds: int = 10,
+    min_clients: int = 2,
+    local_epochs: int = 3,
+    batch_size: int = 8,
+    learning_rate: float = 1e-3,
+    image_size: int = 512,
+    small_network: bool = False,
+) -> Path:
+    """Write ``<out_dir>/breast_mammo_cls/`` and return it."""
+    job = build_fedavg_job(
+        JOB_NAME,
+        task="breast_mammo_cls",
+        num_rounds=num_rounds,
+        min_clients=min_clients,
+        local_epochs=local_epochs,
+        batch_size=batch_size,
+        learning_rate=learning_rate,
+        preprocess={"image_size": image_size},
+        network=SMALL_NETWORK if small_network else None,
+    )
+    return export_job(job, out_dir)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--out", default=str(REPO / "jobs"), help="folder to write the job folder into")
+    parser.add_argument("--num-rounds", type=int, default=10)
+    parser.add_argument("--min-clients", type=int, default=2)
+    parser.add_argument("--local-epochs", type=int, default=3)
+    parser.add_argument("--batch-size", type=int, default=8)
+    parser.add_argument("--learning-rate", type=float, default=1e-3)
+    parser.add_argument("--image-size", type=int, default=512)
+    parser.add_argument("--small-network", action="store_true", help="a ~0.1 M-parameter DenseNet (CPU tests)")
+    args = parser.parse_args()
+    job_dir = export(
+        args.out,
+        num_rounds=args.num_rounds,
+        min_clients=args.min_clients,
+        local_epochs=args.local_epochs,
+        batch_size=args.batch_size,
+        learning_rate=args.learning_rate,
+        image_size=args.image_size,
+        small_network=args.small_network,
+    )
+    print(f"job written to {job_dir}")
+
+
+if __name__ == "__main__":
+    main()

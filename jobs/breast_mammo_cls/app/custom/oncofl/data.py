@@ -1,0 +1,196 @@
+"""Datalist reading and the per-site cache of preprocessed cases.
+
+The datalist is MONAI/Decathlon style JSON, paths relative to the site's data root::
+
+    {"training": [{"image": "cases/case_0003/dicom", "label": "cases/case_0003/label.nii.gz"}, ...],
+     "validation": [...]}
+
+``label`` is a file (a mask) for segmentation tasks, or a number (the class) for classification tasks.
+
+Each case is decoded and preprocessed once; the result is cached on disk (``cache_dir``), keyed by the files'
+content (SHA-256) plus the preprocessing parameters, so later rounds and later jobs skip DICOM decoding.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from .errors import SiteDataError, SiteDataErrors
+from .site_config import SiteConfig
+from .tasks import TaskSpec
+
+logger = logging.getLogger(__name__)
+
+SPLITS = ("training", "validation")
+CACHE_VERSION = "2"
+
+
+@dataclass(frozen=True)
+class CaseRef:
+    """One datalist entry. ``item`` names it without a path (safe to send to the server)."""
+
+    split: str
+    index: int
+    image: Path
+    label: Path | float  # a mask file, or the class of a classification case
+    extra: dict[str, Any] = field(default_factory=dict)  # other keys of the entry (e.g. a nodule's center_mm)
+
+    @property
+    def item(self) -> str:
+        return f"{self.split} case #{self.index}"
+
+
+@dataclass
+class SplitData:
+    """A preprocessed split held in memory: images [N, C, ...] float32, labels [N, 1, ...] (masks or classes)."""
+
+    images: np.ndarray
+    labels: np.ndarray
+    skipped: list[SiteDataError]
+
+    def __len__(self) -> int:
+        return len(self.images)
+
+
+def read_datalist(config: SiteConfig, splits: tuple[str, ...] = SPLITS) -> dict[str, list[CaseRef]]:
+    """Parse and check the datalist: structure, every referenced file exists, no split is empty."""
+    cases, missing = parse_datalist(config, splits)
+    if missing:
+        raise SiteDataErrors(missing, site=config.site_name)
+    return cases
+
+
+def parse_datalist(
+    config: SiteConfig, splits: tuple[str, ...] = SPLITS
+) -> tuple[dict[str, list[CaseRef]], list[SiteDataError]]:
+    """The datalist's cases per split, and one error per referenced file that does not exist."""
+    site, path = config.site_name, str(config.datalist)
+    try:
+        raw = json.loads(config.datalist.read_text())
+    except (OSError, json.JSONDecodeError) as e:
+        raise SiteDataError(
+            f"datalist cannot be read as JSON ({type(e).__name__})",
+            fix='write the datalist as JSON: {"training": [{"image": ..., "label": ...}], "validation": [...]}',
+            site=site,
+            path=path,
+            detail=str(e),
+        ) from e
+    if not isinstance(raw, dict):
+        raise SiteDataError(
+            "datalist must be a JSON object", fix="use keys 'training' and 'validation'", site=site, path=path
+        )
+    result: dict[str, list[CaseRef]] = {}
+    missing: list[SiteDataError] = []
+    for split in splits:
+        entries = raw.get(split)
+        if not isinstance(entries, list) or not entries:
+            raise SiteDataError(
+                f"datalist has no '{split}' cases",
+                fix=f'list at least one case under \'{split}\' (each {{"image": ..., "label": ...}})',
+                site=site,
+                path=path,
+            )
+        refs = []
+        for i, entry in enumerate(entries):
+            label = entry.get("label") if isinstance(entry, dict) else None
+            if (
+                not isinstance(entry, dict)
+                or not isinstance(entry.get("image"), str)
+                or not isinstance(label, (str, int, float))
+                or isinstance(label, bool)
+            ):
+                raise SiteDataError(
+                    f"datalist {split} case #{i} must be an object with a string 'image' and a 'label' "
+                    "(a mask file, or a class number)",
+                    fix="correct that entry of the datalist",
+                    site=site,
+                    path=path,
+                )
+            label = config.data_root / label if isinstance(label, str) else float(label)
+            extra = {k: v for k, v in entry.items() if k not in ("image", "label")}
+            ref = CaseRef(split, i, config.data_root / entry["image"], label, extra)
+            for kind, p in (("image", ref.image), ("label", ref.label)):
+                if isinstance(p, Path) and not p.exists():
+                    missing.append(
+                        SiteDataError(
+                            f"{kind} does not exist",
+                            fix="fix the datalist entry or restore the file",
+                            site=site,
+                            path=str(p),
+                            item=ref.item,
+                        )
+                    )
+            refs.append(ref)
+        result[split] = refs
+    return result, missing
+
+
+def _fingerprint(path: Path | float) -> list[str] | float:
+    """SHA-256 of every file's bytes: a re-exported or edited file never reuses an old cache entry."""
+    if not isinstance(path, Path):
+        return path  # a class label is its own fingerprint
+    files = sorted(f for f in path.iterdir() if f.is_file()) if path.is_dir() else [path]
+    return [hashlib.file_digest(f.open("rb"), "sha256").hexdigest() for f in files]
+
+
+def cache_key(case: CaseRef, task: TaskSpec, params: dict[str, Any]) -> str:
+    blob = json.dumps(
+        [CACHE_VERSION, task.name, params, case.extra, _fingerprint(case.image), _fingerprint(case.label)],
+        sort_keys=True,
+    )
+    return hashlib.sha256(blob.encode()).hexdigest()[:32]
+
+
+def load_case_cached(
+    case: CaseRef, task: TaskSpec, params: dict[str, Any], cache_dir: Path
+) -> tuple[np.ndarray, np.ndarray]:
+    """Preprocessed (image, label) for one case, from the cache when it is there and intact."""
+    cache_file = cache_dir / f"{cache_key(case, task, params)}.npz"
+    if cache_file.is_file():
+        try:
+            with np.load(cache_file) as z:
+                return z["image"], z["label"]
+        except Exception:  # a damaged cache entry is rebuilt, never trusted
+            logger.warning("rebuilding damaged cache entry %s", cache_file)
+    image, label = task.load_case(case.image, case.label, {**params, **case.extra})
+    cache_dir.mkdir(parents=True, exist_ok=True)
+    tmp = cache_file.with_suffix(f".{os.getpid()}.tmp.npz")
+    np.savez(tmp, image=image, label=label)
+    os.replace(tmp, cache_file)
+    return image, label
+
+
+def load_split(cases: list[CaseRef], task: TaskSpec, params: dict[str, Any], config: SiteConfig) -> SplitData:
+    """Load every case of a split (threads = ``num_workers``); bad cases fail together or are skipped by policy."""
+
+    def one(case: CaseRef) -> tuple[np.ndarray, np.ndarray] | SiteDataError:
+        try:
+            return load_case_cached(case, task, params, config.cache_dir)
+        except SiteDataError as e:
+            return e.with_context(
+                site=config.site_name, item=f"{case.item}, {'label' if e.path == str(case.label) else 'image'}"
+            )
+
+    workers = max(1, config.num_workers)
+    with ThreadPoolExecutor(max_workers=workers) as pool:
+        results = list(pool.map(one, cases))
+    errors = [r for r in results if isinstance(r, SiteDataError)]
+    good = [r for r in results if not isinstance(r, SiteDataError)]
+    if errors and (config.on_unreadable_case == "fail" or not good):
+        raise SiteDataErrors(errors, site=config.site_name)
+    for e in errors:
+        logger.warning("skipping unusable case (on_unreadable_case=skip): %s", e.local_message())
+    return SplitData(
+        images=np.stack([img for img, _ in good]),
+        labels=np.stack([lab for _, lab in good]),
+        skipped=errors,
+    )

@@ -1,0 +1,184 @@
+"""Local training and evaluation on the site's device: whole batches on the GPU, AMP, no per-sample Python work."""
+
+from __future__ import annotations
+
+import contextlib
+import math
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import torch
+
+from .errors import SiteConfigError
+from .tasks import TaskSpec
+
+
+def resolve_device(gpu_ids: tuple[int, ...] = (), site: str = "") -> torch.device:
+    """The site's training device: the first configured GPU, else the first visible GPU, else the CPU."""
+    if gpu_ids:
+        if not torch.cuda.is_available():
+            raise SiteConfigError(
+                f"gpu_ids {list(gpu_ids)} configured but CUDA is not available to PyTorch",
+                fix='install the CUDA build of torch for this driver, or set "gpu_ids": [] to train on the CPU',
+                site=site,
+            )
+        if max(gpu_ids) >= torch.cuda.device_count():
+            raise SiteConfigError(
+                f"gpu_ids {list(gpu_ids)} configured but only {torch.cuda.device_count()} GPU(s) are visible",
+                fix="use indices below the visible GPU count (check CUDA_VISIBLE_DEVICES)",
+                site=site,
+            )
+        return torch.device("cuda", gpu_ids[0])
+    return torch.device("cuda", 0) if torch.cuda.is_available() else torch.device("cpu")
+
+
+def amp_dtype(device: torch.device) -> torch.dtype | None:
+    """bf16 where the GPU has it, fp16 on older GPUs, no autocast on the CPU."""
+    if device.type != "cuda":
+        return None
+    return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+
+
+def _autocast(device: torch.device, dtype: torch.dtype | None) -> contextlib.AbstractContextManager:
+    if dtype is None:
+        return contextlib.nullcontext()
+    return torch.autocast(device_type=device.type, dtype=dtype)
+
+
+@dataclass
+class DeviceData:
+    """A split moved to the training device once and kept there between rounds."""
+
+    images: torch.Tensor
+    labels: torch.Tensor
+
+    @classmethod
+    def from_numpy(cls, images: np.ndarray, labels: np.ndarray, device: torch.device) -> DeviceData:
+        pin = device.type == "cuda"
+        imgs = torch.from_numpy(images)
+        labs = torch.from_numpy(labels.astype(np.int64))
+        if pin:
+            imgs, labs = imgs.pin_memory(), labs.pin_memory()
+        return cls(imgs.to(device, non_blocking=True), labs.to(device, non_blocking=True))
+
+    def __len__(self) -> int:
+        return self.images.shape[0]
+
+    def batches(
+        self, batch_size: int, order: torch.Tensor | None = None
+    ) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        n = len(self)
+        order = torch.arange(n, device=self.images.device) if order is None else order
+        for start in range(0, n, batch_size):
+            idx = order[start : start + batch_size]
+            yield self.images[idx], self.labels[idx]
+
+
+@dataclass
+class RoundStats:
+    steps: int
+    mean_loss: float
+    aborted: bool = False
+
+
+class Trainer:
+    """Holds the model, optimizer and AMP state of one site across rounds."""
+
+    def __init__(
+        self,
+        task: TaskSpec,
+        device: torch.device,
+        *,
+        learning_rate: float,
+        seed: int,
+        network: dict[str, Any] | None = None,
+    ) -> None:
+        self.task = task
+        self.device = device
+        self.channels_last = task.channels_last and device.type == "cuda"
+        self.model = task.build_network(**(network or {})).to(device)
+        if self.channels_last:
+            self.model = self.model.to(memory_format=torch.channels_last)
+        self.has_batchnorm = any(isinstance(m, torch.nn.modules.batchnorm._BatchNorm) for m in self.model.modules())
+        self.loss_fn = task.make_loss()
+        self.optimizer = torch.optim.Adam(self.model.parameters(), lr=learning_rate)
+        self.dtype = amp_dtype(device)
+        self.scaler = torch.amp.GradScaler("cuda", enabled=self.dtype == torch.float16)
+        self.generator = torch.Generator(device=device)
+        self.generator.manual_seed(seed)
+        if device.type == "cuda":
+            torch.backends.cudnn.benchmark = True
+
+    def load_state(self, weights: dict[str, np.ndarray]) -> None:
+        """Load global weights; names and shapes must match this task's network exactly."""
+        own = self.model.state_dict()
+        missing, unexpected = sorted(set(own) - set(weights)), sorted(set(weights) - set(own))
+        bad_shape = [k for k in own if k in weights and tuple(np.shape(weights[k])) != tuple(own[k].shape)]
+        if missing or unexpected or bad_shape:
+            raise ValueError(
+                f"global model does not match the '{self.task.name}' network (missing {missing[:3]}, unexpected "
+                f"{unexpected[:3]}, wrong shape {bad_shape[:3]}): the job's server model and client task disagree"
+            )
+        self.model.load_state_dict({k: torch.as_tensor(np.asarray(v)) for k, v in weights.items()})
+
+    def state(self) -> dict[str, np.ndarray]:
+        return {k: v.detach().cpu().numpy() for k, v in self.model.state_dict().items()}
+
+    def train(
+        self,
+        data: DeviceData,
+        *,
+        epochs: int,
+        batch_size: int,
+        should_abort: Callable[[], bool] = lambda: False,
+    ) -> RoundStats:
+        if self.task.prepare is not None:
+            self.task.prepare(self.model, data.images)
+        self.model.train()
+        steps, total = 0, 0.0
+        for _ in range(epochs):
+            order = torch.randperm(len(data), generator=self.generator, device=self.device)
+            for images, labels in data.batches(batch_size, order):
+                if self.has_batchnorm and len(images) < 2 <= len(data):
+                    continue  # a lone last sample (reshuffled next epoch): BatchNorm cannot train on one
+                if should_abort():
+                    return RoundStats(steps, total / max(steps, 1), aborted=True)
+                images, labels = self.task.augment(images, labels, self.generator)
+                if self.channels_last:
+                    images = images.contiguous(memory_format=torch.channels_last)
+                self.optimizer.zero_grad(set_to_none=True)
+                with _autocast(self.device, self.dtype):
+                    loss = self.loss_fn(self.model(images), labels)
+                self.scaler.scale(loss).backward()
+                self.scaler.step(self.optimizer)
+                self.scaler.update()
+                steps += 1
+                total += float(loss.detach())
+        mean = total / max(steps, 1)
+        if not math.isfinite(mean):
+            raise FloatingPointError(f"training loss became {mean}: lower the learning rate or check the data")
+        return RoundStats(steps, mean)
+
+    @torch.no_grad()
+    def predict(self, data: DeviceData, *, batch_size: int) -> torch.Tensor:
+        """Logits (float32) for every case of ``data``."""
+        self.model.eval()
+        outputs = []
+        for images, _ in data.batches(batch_size):
+            with _autocast(self.device, self.dtype):
+                outputs.append(self.model(images).float())
+        return torch.cat(outputs)
+
+    def evaluate(self, data: DeviceData, *, batch_size: int) -> float:
+        """The task's key metric over the whole of ``data``."""
+        return self.evaluate_all(data, batch_size=batch_size)[self.task.key_metric]
+
+    def evaluate_all(self, data: DeviceData, *, batch_size: int) -> dict[str, float]:
+        """The key metric and the task's extra metrics, named as reported."""
+        logits = self.predict(data, batch_size=batch_size)
+        metrics = {self.task.key_metric: float(self.task.metric(logits, data.labels))}
+        if self.task.extra_metrics is not None:
+            metrics.update({f"val_{k}": float(v) for k, v in self.task.extra_metrics(logits, data.labels).items()})
+        return metrics

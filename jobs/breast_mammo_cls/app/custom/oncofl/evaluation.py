@@ -1,0 +1,47 @@
+"""Score a model checkpoint on a held-out datalist (outside FLARE: for reports and end-to-end tests)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+
+from .data import load_split, read_datalist
+from .engine import DeviceData, Trainer, resolve_device
+from .site_config import SiteConfig
+from .tasks import get_task
+
+
+def holdout_metric(
+    checkpoint: str | Path | None,
+    data_root: str | Path,
+    *,
+    task: str = "prostate_seg",
+    split: str = "testing",
+    cache_dir: str | Path | None = None,
+    init_seed: int = 0,
+    batch_size: int = 4,
+    network: dict | None = None,
+    params: dict | None = None,
+) -> float:
+    """The task's key metric of ``checkpoint`` on ``<data_root>/datalist.json[split]``.
+
+    ``checkpoint=None`` scores the freshly initialised network (seeded), i.e. what a job starts from.
+    """
+    data_root = Path(data_root).resolve()
+    spec = get_task(task)
+    config = SiteConfig(
+        data_root=data_root,
+        datalist=data_root / "datalist.json",
+        cache_dir=Path(cache_dir) if cache_dir else data_root / ".oncofl_cache",
+        site_name="holdout",
+    )
+    split_data = load_split(read_datalist(config, splits=(split,))[split], spec, spec.params(params), config)
+    device = resolve_device()
+    torch.manual_seed(init_seed)
+    trainer = Trainer(spec, device, learning_rate=1e-3, seed=init_seed, network=network)
+    if checkpoint is not None:
+        state = torch.load(checkpoint, map_location="cpu", weights_only=False)
+        trainer.load_state({k: v.numpy() for k, v in state.get("model", state).items()})
+    data = DeviceData.from_numpy(split_data.images, split_data.labels, device)
+    return trainer.evaluate(data, batch_size=batch_size)

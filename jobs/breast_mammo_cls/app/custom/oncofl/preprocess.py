@@ -1,0 +1,159 @@
+"""Volume preprocessing on the GPU with CuPy, or on the CPU with NumPy/SciPy — the same code, one array module.
+
+Every function takes and returns arrays of the module ``xp`` it is given (``numpy`` or ``cupy``); ``Preprocessor``
+picks CuPy when a CUDA device is usable and falls back to NumPy/SciPy otherwise. Geometry is exact: resampling maps
+output voxel ``o`` to input voxel ``o * target / spacing`` (same origin), and the returned affine says so.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from types import ModuleType
+from typing import Any
+
+import nibabel as nib
+import numpy as np
+import scipy.ndimage
+
+try:  # CuPy is optional at run time: the wheel imports without a GPU, and may be absent entirely
+    import cupy
+    import cupyx.scipy.ndimage
+
+    CUPY_IMPORTED = True
+except Exception:  # pragma: no cover - depends on the host
+    cupy = None
+    CUPY_IMPORTED = False
+
+
+def gpu_available() -> bool:
+    """True when CuPy is installed and sees at least one CUDA device."""
+    if not CUPY_IMPORTED:
+        return False
+    try:
+        return cupy.cuda.runtime.getDeviceCount() > 0
+    except Exception:
+        return False
+
+
+def modules(use_gpu: bool) -> tuple[ModuleType, ModuleType]:
+    """(array module, ndimage module): CuPy on the GPU, else NumPy/SciPy."""
+    if use_gpu and gpu_available():
+        return cupy, cupyx.scipy.ndimage
+    return np, scipy.ndimage
+
+
+def to_ras(array: Any, affine: np.ndarray, xp: ModuleType) -> tuple[Any, np.ndarray]:
+    """Flip/transpose voxel axes so they run along R, A, S (the nibabel 'closest canonical' orientation)."""
+    ornt = nib.orientations.io_orientation(affine)
+    if np.array_equal(ornt, [[0, 1], [1, 1], [2, 1]]):
+        return array, affine
+    out = xp.transpose(array, [int(a) for a in ornt[:, 0].argsort()])
+    for axis, flip in enumerate(ornt[ornt[:, 0].argsort(), 1]):
+        if flip < 0:
+            out = xp.flip(out, axis=axis)
+    new_affine = affine @ nib.orientations.inv_ornt_aff(ornt, array.shape)
+    return xp.ascontiguousarray(out), new_affine
+
+
+def resample(
+    array: Any,
+    affine: np.ndarray,
+    target_spacing: tuple[float, ...],
+    xp: ModuleType,
+    ndimage: ModuleType,
+    *,
+    order: int = 1,
+) -> tuple[Any, np.ndarray]:
+    """Resample to ``target_spacing`` (mm per axis) keeping the first voxel's position; linear or nearest."""
+    spacing = np.linalg.norm(affine[:3, :3], axis=0)
+    scale = np.asarray(target_spacing, dtype=np.float64) / spacing
+    shape = tuple(max(1, int(np.floor((n - 1) / s)) + 1) for n, s in zip(array.shape, scale))
+    out = ndimage.affine_transform(
+        array.astype(xp.float32, copy=False), xp.asarray(scale), output_shape=shape, order=order, mode="nearest"
+    )
+    return out, affine @ np.diag([*scale, 1.0])
+
+
+def resize_2d(image: Any, shape: tuple[int, int], xp: ModuleType, ndimage: ModuleType) -> Any:
+    """Bilinear resize of a 2D image to ``shape`` (e.g. a 3328 x 2560 mammogram to the network's input)."""
+    factors = [n / s for n, s in zip(shape, image.shape)]
+    return ndimage.zoom(image.astype(xp.float32, copy=False), factors, order=1, mode="nearest", grid_mode=True)
+
+
+def window(array: Any, center: float, width: float, xp: ModuleType) -> Any:
+    """CT windowing to [0, 1] (e.g. lung: center -600, width 1500 HU)."""
+    return xp.clip((array - (center - width / 2)) / width, 0.0, 1.0)
+
+
+def scale_percentiles(array: Any, xp: ModuleType, lower: float = 1.0, upper: float = 99.0) -> Any:
+    """Map the [lower, upper] percentile range to [0, 1] and clip (MR, whose units vary by vendor)."""
+    lo, hi = (float(v) for v in xp.percentile(array, xp.asarray([lower, upper])))
+    return xp.clip((array - lo) / max(hi - lo, 1e-6), 0.0, 1.0)
+
+
+def crop_start(shape: tuple[int, ...], size: tuple[int, ...]) -> np.ndarray:
+    """Input voxel index that becomes output voxel 0 under :func:`crop_or_pad` (negative where padded)."""
+    return np.array([(n - want) // 2 if n >= want else -((want - n) // 2) for n, want in zip(shape, size)])
+
+
+def crop_or_pad(array: Any, size: tuple[int, ...], xp: ModuleType, value: float = 0.0) -> Any:
+    """Centre crop / symmetric pad to ``size`` (same rule as MONAI's ResizeWithPadOrCrop)."""
+    slices, pads = [], []
+    for start, n, want in zip(crop_start(array.shape, size), array.shape, size):
+        if n >= want:
+            slices.append(slice(int(start), int(start) + want))
+            pads.append((0, 0))
+        else:
+            slices.append(slice(0, n))
+            pads.append((int(-start), int(want - n + start)))
+    return xp.pad(array[tuple(slices)], pads, mode="constant", constant_values=value)
+
+
+def extract_patches(array: Any, centers: np.ndarray, size: tuple[int, ...], xp: ModuleType, value: float = 0.0) -> Any:
+    """Patches of ``size`` centred on voxel ``centers`` [N, ndim]; out-of-volume parts filled with ``value``."""
+    half = np.asarray(size) // 2
+    pad = [(int(h), int(s - h)) for h, s in zip(half, size)]
+    padded = xp.pad(array, pad, mode="constant", constant_values=value)
+    starts = np.rint(np.asarray(centers)).astype(int)  # index in padded = center - half + half
+    return xp.stack([padded[tuple(slice(s, s + n) for s, n in zip(start, size))] for start in starts])
+
+
+@dataclass
+class Preprocessor:
+    """Orientation -> spacing -> intensity -> fixed size, for an image and (optionally) its label map."""
+
+    target_spacing: tuple[float, ...]
+    size: tuple[int, ...]
+    intensity: str = "percentile"  # or "window"
+    window_center: float = 40.0
+    window_width: float = 400.0
+    use_gpu: bool = True
+
+    def __post_init__(self) -> None:
+        self.xp, self.ndimage = modules(self.use_gpu)
+
+    @property
+    def on_gpu(self) -> bool:
+        return self.xp is not np
+
+    def __call__(
+        self, image: np.ndarray, affine: np.ndarray, label: np.ndarray | None = None
+    ) -> tuple[np.ndarray, np.ndarray | None, np.ndarray]:
+        xp = self.xp
+        img, ras = to_ras(xp.asarray(image, dtype=xp.float32), affine, xp)
+        img, new_affine = resample(img, ras, self.target_spacing, xp, self.ndimage, order=1)
+        if self.intensity == "window":
+            img = window(img, self.window_center, self.window_width, xp)
+        else:
+            img = scale_percentiles(img, xp)
+        shift = np.eye(4)
+        shift[:3, 3] = crop_start(img.shape, self.size)
+        out_affine = new_affine @ shift
+        img = crop_or_pad(img, self.size, xp)
+        lab = None
+        if label is not None:
+            lab, _ = to_ras(xp.asarray(label, dtype=xp.float32), affine, xp)
+            lab, _ = resample(lab, ras, self.target_spacing, xp, self.ndimage, order=0)
+            lab = crop_or_pad(lab, self.size, xp).astype(xp.uint8)
+        to_host = cupy.asnumpy if self.on_gpu else np.asarray
+        return to_host(img).astype(np.float32), (to_host(lab) if lab is not None else None), out_affine

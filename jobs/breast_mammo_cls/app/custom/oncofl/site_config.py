@@ -1,0 +1,190 @@
+"""Site-local configuration: what stays at the hospital (data paths, cache, GPUs), never in a job.
+
+A site's IT writes one small JSON file. It is found, in this order:
+
+1. ``$ONCOFL_SITE_CONFIG`` pointing at the file itself, or at a folder holding ``<site-name>.json``
+   (one folder for all sites is handy in the simulator and POC);
+2. ``<site workspace>/local/oncofl_site.json`` (the ``local/`` folder of a FLARE startup kit).
+
+Example::
+
+    {
+      "site_name": "site-1",
+      "data_root": "/data/prostate_mri",
+      "datalist": "datalist.json",
+      "cache_dir": "/scratch/oncofl_cache",
+      "gpu_ids": [0],
+      "num_workers": 4,
+      "on_unreadable_case": "fail"
+    }
+
+The file is parsed as JSON and validated field by field; it is never executed.
+"""
+
+from __future__ import annotations
+
+import difflib
+import json
+import os
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+
+from .errors import SiteConfigError
+
+ENV_VAR = "ONCOFL_SITE_CONFIG"
+LOCAL_FILE_NAME = "oncofl_site.json"
+UNREADABLE_POLICIES = ("fail", "skip")
+
+
+@dataclass(frozen=True)
+class SiteConfig:
+    """Validated site-local settings. Paths are absolute."""
+
+    data_root: Path
+    datalist: Path
+    cache_dir: Path
+    site_name: str = ""
+    gpu_ids: tuple[int, ...] = field(default_factory=tuple)
+    num_workers: int = 2
+    on_unreadable_case: str = "fail"
+    source: Path | None = None
+
+    def sensitive_strings(self) -> list[str]:
+        """Local paths that must never appear in anything sent to the server."""
+        return [str(p) for p in (self.data_root, self.datalist, self.cache_dir, self.source) if p]
+
+
+_ALLOWED = {f.name for f in fields(SiteConfig)} - {"source"}
+_REQUIRED = ("data_root",)
+
+
+def find_site_config(site_name: str, workspace_root: str | os.PathLike | None = None) -> Path:
+    """Return the path of this site's config file, or raise naming every place that was looked at."""
+    looked: list[str] = []
+    env = os.environ.get(ENV_VAR, "").strip()
+    if env:
+        candidate = Path(env).expanduser()
+        if candidate.is_dir():
+            candidate = candidate / f"{site_name}.json"
+        if candidate.is_file():
+            return candidate
+        looked.append(f"${ENV_VAR} -> {candidate}")
+    if workspace_root:
+        candidate = Path(workspace_root) / "local" / LOCAL_FILE_NAME
+        if candidate.is_file():
+            return candidate
+        looked.append(str(candidate))
+    raise SiteConfigError(
+        "no site configuration found",
+        fix=f"write {LOCAL_FILE_NAME} into the site's startup-kit local/ folder, or set {ENV_VAR} to the file "
+        f"(or to a folder holding {site_name}.json); see README 'Site configuration'",
+        site=site_name,
+        detail="looked at: " + "; ".join(looked or ["nothing: no env var, no workspace"]),
+    )
+
+
+def load_site_config(path: str | os.PathLike, site_name: str = "") -> SiteConfig:
+    """Read and validate a site config file; every bad field is reported at once, each with its fix."""
+    path = Path(path)
+    try:
+        raw = json.loads(path.read_text())
+    except FileNotFoundError:
+        raise SiteConfigError(
+            "site configuration file does not exist", fix="create it", site=site_name, path=str(path)
+        ) from None
+    except json.JSONDecodeError as e:
+        raise SiteConfigError(
+            f"site configuration is not valid JSON (line {e.lineno}, column {e.colno}: {e.msg})",
+            fix="correct the JSON syntax (no comments or trailing commas)",
+            site=site_name,
+            path=str(path),
+        ) from e
+    return parse_site_config(raw, site_name=site_name, source=path)
+
+
+def parse_site_config(raw: object, *, site_name: str = "", source: Path | None = None) -> SiteConfig:
+    """Validate a parsed config mapping. Relative paths are resolved against the config file's folder."""
+    where = str(source) if source else ""
+    if not isinstance(raw, dict):
+        raise SiteConfigError("site configuration must be a JSON object", fix="wrap the fields in { }", site=site_name)
+    problems: list[str] = []  # may be sent to the server: no paths here
+    details: list[str] = []  # local-only specifics
+    for key in raw:
+        if key not in _ALLOWED:
+            close = difflib.get_close_matches(key, sorted(_ALLOWED), n=1)
+            hint = f" (did you mean '{close[0]}'?)" if close else f" (allowed: {', '.join(sorted(_ALLOWED))})"
+            problems.append(f"unknown field '{key}'{hint}")
+    for key in _REQUIRED:
+        if key not in raw:
+            problems.append(f"missing required field '{key}'")
+
+    base = source.parent if source else Path.cwd()
+
+    def as_path(key: str, default: Path | None) -> Path | None:
+        value = raw.get(key)
+        if value is None:
+            return default
+        if not isinstance(value, str) or not value.strip():
+            problems.append(f"'{key}' must be a non-empty string path")
+            return default
+        p = Path(value).expanduser()
+        return (p if p.is_absolute() else base / p).resolve()
+
+    declared_site = raw.get("site_name", "")
+    if not isinstance(declared_site, str):
+        problems.append("'site_name' must be a string")
+        declared_site = ""
+    elif declared_site and site_name and declared_site != site_name:
+        problems.append(
+            f"'site_name' is '{declared_site}' but this client runs as '{site_name}' (a config copied from another "
+            "site?)"
+        )
+
+    data_root = as_path("data_root", None)
+    if data_root is not None and "data_root" in raw and not data_root.is_dir():
+        problems.append("'data_root' folder does not exist")
+        details.append(f"data_root={data_root}")
+    datalist = as_path("datalist", None)
+    if "datalist" not in raw and data_root is not None:
+        datalist = data_root / "datalist.json"
+    elif isinstance(raw.get("datalist"), str) and data_root is not None and not Path(raw["datalist"]).is_absolute():
+        datalist = (data_root / raw["datalist"]).resolve()  # a relative datalist lives in the data root
+    if datalist is not None and data_root is not None and data_root.is_dir() and not datalist.is_file():
+        problems.append("datalist file does not exist")
+        details.append(f"datalist={datalist}")
+    cache_dir = as_path("cache_dir", base / "oncofl_cache")
+
+    gpu_ids = raw.get("gpu_ids", [])
+    if not isinstance(gpu_ids, list) or not all(
+        isinstance(g, int) and not isinstance(g, bool) and g >= 0 for g in gpu_ids
+    ):
+        problems.append("'gpu_ids' must be a list of GPU indices such as [0] or [0, 1] ([] = first GPU if any)")
+        gpu_ids = []
+    num_workers = raw.get("num_workers", 2)
+    if not isinstance(num_workers, int) or isinstance(num_workers, bool) or not 0 <= num_workers <= 64:
+        problems.append("'num_workers' must be an integer from 0 to 64")
+        num_workers = 2
+    policy = raw.get("on_unreadable_case", "fail")
+    if policy not in UNREADABLE_POLICIES:
+        problems.append(f"'on_unreadable_case' must be one of {UNREADABLE_POLICIES}, got {policy!r}")
+        policy = "fail"
+
+    if problems:
+        raise SiteConfigError(
+            "invalid site configuration: " + "; ".join(problems),
+            fix="edit the site configuration file (see README 'Site configuration' for every field)",
+            site=site_name,
+            path=where,
+            detail="; ".join(details),
+        )
+    assert data_root is not None and datalist is not None and cache_dir is not None
+    return SiteConfig(
+        data_root=data_root,
+        datalist=datalist,
+        cache_dir=cache_dir,
+        site_name=declared_site or site_name,
+        gpu_ids=tuple(gpu_ids),
+        num_workers=num_workers,
+        on_unreadable_case=policy,
+        source=source,
+    )

@@ -1,0 +1,57 @@
+"""Task registry. A task is one module in this package exposing ``TASK`` (a :class:`TaskSpec`)."""
+
+from __future__ import annotations
+
+import importlib
+import pkgutil
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+TASK_NAMES = tuple(sorted(m.name for m in pkgutil.iter_modules(__path__) if not m.name.startswith("_")))
+
+
+@dataclass(frozen=True)
+class TaskSpec:
+    """Everything task-specific: network, case loading, augmentation, loss, metric.
+
+    ``load_case(image, label, params)`` returns ``(image [C, ...] float32, label [1, ...])`` as numpy arrays of a
+    fixed shape (``label`` is a mask path or a class number; ``params`` also carries the datalist entry's other keys,
+    e.g. a nodule's ``center_mm``); ``augment(images, labels, generator)`` works on whole
+    batches on the training device; ``metric(logits, labels)`` scores a whole split (all its logits and labels at
+    once, so AUC works too; higher is better) and is reported as ``key_metric``.
+    """
+
+    name: str
+    key_metric: str
+    build_network: Callable[..., torch.nn.Module]  # keyword arguments = the job's ``network`` settings
+    load_case: Callable[[Path, Path | float, dict[str, Any]], tuple[np.ndarray, np.ndarray]]
+    augment: Callable[[torch.Tensor, torch.Tensor, torch.Generator], tuple[torch.Tensor, torch.Tensor]]
+    make_loss: Callable[[], Callable[[torch.Tensor, torch.Tensor], torch.Tensor]]
+    metric: Callable[[torch.Tensor, torch.Tensor], float]
+    default_params: dict[str, Any] = field(default_factory=dict)
+    # called before each local training round with the site's training inputs (e.g. to set normalization stats)
+    prepare: Callable[[torch.nn.Module, torch.Tensor], None] | None = None
+    channels_last: bool = False  # 2D CNNs run faster in channels-last memory format on GPUs
+    # extra named metrics over a whole split, reported beside the key metric (e.g. sensitivity at 90 % specificity)
+    extra_metrics: Callable[[torch.Tensor, torch.Tensor], dict[str, float]] | None = None
+
+    def params(self, overrides: dict[str, Any] | None) -> dict[str, Any]:
+        """Job hyper-parameters for preprocessing, validated against the task's defaults."""
+        overrides = dict(overrides or {})
+        unknown = sorted(set(overrides) - set(self.default_params))
+        if unknown:
+            raise ValueError(
+                f"task '{self.name}' has no preprocessing parameter(s) {unknown}; known: {sorted(self.default_params)}"
+            )
+        return {**self.default_params, **overrides}
+
+
+def get_task(name: str) -> TaskSpec:
+    if name not in TASK_NAMES:
+        raise ValueError(f"unknown task '{name}'; available: {', '.join(TASK_NAMES)}")
+    return importlib.import_module(f"{__name__}.{name}").TASK

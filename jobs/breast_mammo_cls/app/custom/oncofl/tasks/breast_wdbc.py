@@ -1,0 +1,94 @@
+"""Breast cancer diagnosis from the 30 WDBC nucleus features (real data): a small MLP, accuracy as key metric."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from ..errors import SiteDataError
+from . import TaskSpec
+from ._classification import make_loss
+
+N_FEATURES = 30
+
+
+class WDBCNet(nn.Module):
+    """Standardize -> MLP 30 -> hidden -> 2 classes (benign, malignant).
+
+    Federated standardization: the buffers ``input_mean`` / ``input_sq_mean`` travel with the weights. In the first
+    round each site fills them from its own training data (``stats_ready`` is 0 in the server's initial model);
+    FedAvg, weighted by local steps (proportional to local case counts), then turns them into the pooled first and
+    second moments of all sites' data -- no site ever shares a raw feature value.
+    """
+
+    def __init__(self, in_features: int = N_FEATURES, hidden: int = 32) -> None:
+        super().__init__()
+        self.in_features = in_features
+        self.hidden = hidden
+        self.register_buffer("input_mean", torch.zeros(in_features))
+        self.register_buffer("input_sq_mean", torch.ones(in_features))
+        self.register_buffer("stats_ready", torch.zeros(()))
+        self.net = nn.Sequential(nn.Linear(in_features, hidden), nn.ReLU(), nn.Linear(hidden, 2))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        std = (self.input_sq_mean - self.input_mean**2).clamp_min(1e-6).sqrt()
+        return self.net((x - self.input_mean) / std)
+
+
+def prepare(model: nn.Module, inputs: torch.Tensor) -> None:
+    """Round 0 only: set the standardization moments from this site's training inputs."""
+    if float(model.stats_ready) < 0.5:
+        with torch.no_grad():
+            model.input_mean.copy_(inputs.mean(dim=0))
+            model.input_sq_mean.copy_((inputs**2).mean(dim=0))
+            model.stats_ready.fill_(1.0)
+
+
+def load_case(image_path: Path, label: Path | float, params: dict[str, Any]) -> tuple[np.ndarray, np.ndarray]:
+    """One-row CSV of 30 non-negative features -> log1p features; label 0 (benign) or 1 (malignant)."""
+    try:
+        values = np.loadtxt(image_path, delimiter=",", skiprows=1, ndmin=1, dtype=np.float64)
+    except Exception as e:
+        raise SiteDataError(
+            f"feature file cannot be read as CSV ({type(e).__name__})",
+            fix="write a header line and one line of 30 comma-separated numbers",
+            path=str(image_path),
+            detail=str(e),
+        ) from e
+    if values.shape != (N_FEATURES,) or not np.all(np.isfinite(values)) or np.any(values < 0):
+        raise SiteDataError(
+            f"expected {N_FEATURES} finite non-negative features, got {values.size}",
+            fix="export the 30 WDBC features (radius ... fractal dimension, mean/SE/worst) for this case",
+            path=str(image_path),
+        )
+    if isinstance(label, Path) or label not in (0, 1):
+        raise SiteDataError(
+            "label must be 0 (benign) or 1 (malignant)",
+            fix="correct the case's 'label' in the datalist",
+            path=str(image_path),
+        )
+    return np.log1p(values).astype(np.float32), np.array([int(label)], dtype=np.int64)
+
+
+def augment(x: torch.Tensor, y: torch.Tensor, generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
+    return x, y
+
+
+def accuracy(logits: torch.Tensor, labels: torch.Tensor) -> float:
+    return float((logits.argmax(dim=1) == labels.view(-1)).float().mean())
+
+
+TASK = TaskSpec(
+    name="breast_wdbc",
+    key_metric="val_accuracy",
+    build_network=WDBCNet,
+    load_case=load_case,
+    augment=augment,
+    make_loss=make_loss,
+    metric=accuracy,
+    prepare=prepare,
+)

@@ -1,0 +1,237 @@
+"""The FLARE Executor that runs at every hospital: train / validate / submit_model on the site's own data.
+
+FL touchpoints, in order:
+  (1) the site config is found and validated, the datalist checked and every case preprocessed (cached) -- once;
+  (2) ``train``: load the global weights, score them on local validation data (for best-model selection), train
+      ``local_epochs``, return weights with ``NUM_STEPS_CURRENT_ROUND`` for weighting;
+  (3) ``validate``: score a model sent by the server (cross-site evaluation);
+  (4) ``submit_model``: return this site's last locally trained model.
+Anything that goes wrong is logged in full locally and answered with an error reply whose ``oncofl_error`` header
+names the site, the datalist item and the fix -- redacted of paths -- so the server can log it.
+"""
+
+from __future__ import annotations
+
+import time
+import traceback
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from nvflare.apis.analytix import ANALYTIC_EVENT_TYPE, AnalyticsDataType
+from nvflare.apis.dxo import DXO, DataKind, MetaKey, from_shareable
+from nvflare.apis.event_type import EventType
+from nvflare.apis.executor import Executor
+from nvflare.apis.fl_constant import ReturnCode
+from nvflare.apis.fl_context import FLContext
+from nvflare.apis.shareable import Shareable, make_reply
+from nvflare.apis.signal import Signal
+from nvflare.apis.utils.analytix_utils import create_analytic_dxo, send_analytic_dxo
+from nvflare.app_common.app_constant import AppConstants
+
+from .data import load_split, read_datalist
+from .datacheck import check_site
+from .engine import DeviceData, Trainer, resolve_device
+from .errors import OncoFLError
+from .privacy import OutgoingGuard
+from .site_config import SiteConfig, find_site_config, load_site_config
+from .tasks import get_task
+
+ERROR_HEADER = "oncofl_error"
+
+
+class OncoFLExecutor(Executor):
+    """Runs one task of :mod:`oncofl.tasks` at a site. Every argument travels with the job (no site paths)."""
+
+    # written into the exported job config even when equal to the defaults, so a job reads complete
+    _always_serialize_args = ("task", "local_epochs", "batch_size", "learning_rate")
+
+    def __init__(
+        self,
+        task: str = "prostate_seg",
+        local_epochs: int = 2,
+        batch_size: int = 4,
+        learning_rate: float = 1e-3,
+        preprocess: dict[str, Any] | None = None,
+        network: dict[str, Any] | None = None,
+        seed: int = 0,
+        train_task_name: str = AppConstants.TASK_TRAIN,
+        validate_task_name: str = AppConstants.TASK_VALIDATION,
+        submit_model_task_name: str = AppConstants.TASK_SUBMIT_MODEL,
+    ) -> None:
+        super().__init__()
+        if local_epochs < 1 or batch_size < 1 or learning_rate <= 0:
+            raise ValueError("local_epochs and batch_size must be >= 1 and learning_rate > 0")
+        self.task = task
+        self.local_epochs = local_epochs
+        self.batch_size = batch_size
+        self.learning_rate = learning_rate
+        self.preprocess = preprocess
+        self.network = network
+        self.seed = seed
+        self.train_task_name = train_task_name
+        self.validate_task_name = validate_task_name
+        self.submit_model_task_name = submit_model_task_name
+
+        self._spec = get_task(task)
+        self._params = self._spec.params(preprocess)
+        self._site = ""
+        self._workspace_root: Path | None = None
+        self._app_dir: Path | None = None
+        self._config: SiteConfig | None = None
+        self._trainer: Trainer | None = None
+        self._train: DeviceData | None = None
+        self._val: DeviceData | None = None
+        self._local_weights: dict[str, np.ndarray] | None = None
+        self._guard = OutgoingGuard()
+        self._tb = None
+
+    # -- lifecycle ---------------------------------------------------------------------------------------------
+    def handle_event(self, event_type: str, fl_ctx: FLContext) -> None:
+        if event_type == EventType.START_RUN:
+            workspace = fl_ctx.get_engine().get_workspace()
+            self.bind_site(
+                fl_ctx.get_identity_name(), workspace.get_root_dir(), workspace.get_app_dir(fl_ctx.get_job_id())
+            )
+        elif event_type == EventType.END_RUN and self._tb is not None:
+            self._tb.close()
+            self._tb = None
+
+    def bind_site(self, site: str, workspace_root: str | Path, app_dir: str | Path | None = None) -> None:
+        """Who and where this executor runs (FLARE calls it at START_RUN; a local dry run may call it directly)."""
+        self._site = site
+        self._workspace_root = Path(workspace_root)
+        self._app_dir = Path(app_dir) if app_dir else None
+        self._guard.add(str(self._workspace_root))
+
+    def _ensure_ready(self, fl_ctx: FLContext) -> None:
+        """(1) site config -> device -> datalist -> cached, preprocessed splits on the device. Runs until it works."""
+        if self._trainer is not None:
+            return
+        config = load_site_config(find_site_config(self._site, self._workspace_root), site_name=self._site)
+        self._guard.add(*config.sensitive_strings())
+        device = resolve_device(config.gpu_ids, site=self._site)
+        check = check_site(config, decode=False)  # headers only: counts, vendors, spacing, unreadable files
+        self.log_info(fl_ctx, f"site data check: {check.summary()}")
+        cases = read_datalist(config)
+        started = time.perf_counter()
+        train = load_split(cases["training"], self._spec, self._params, config)
+        val = load_split(cases["validation"], self._spec, self._params, config)
+        self.log_info(
+            fl_ctx,
+            f"data ready on {device}: {len(train)} training / {len(val)} validation cases "
+            f"({len(train.skipped) + len(val.skipped)} skipped) in {time.perf_counter() - started:.1f} s",
+        )
+        self._train = DeviceData.from_numpy(train.images, train.labels, device)
+        self._val = DeviceData.from_numpy(val.images, val.labels, device)
+        self._config = config
+        self._trainer = Trainer(
+            self._spec, device, learning_rate=self.learning_rate, seed=self.seed, network=self.network
+        )
+
+    # -- tasks -------------------------------------------------------------------------------------------------
+    def execute(self, task_name: str, shareable: Shareable, fl_ctx: FLContext, abort_signal: Signal) -> Shareable:
+        try:
+            self._ensure_ready(fl_ctx)
+            if task_name == self.train_task_name:
+                return self._do_train(shareable, fl_ctx, abort_signal)
+            if task_name == self.validate_task_name:
+                return self._do_validate(shareable, fl_ctx)
+            if task_name == self.submit_model_task_name:
+                return self._do_submit_model(fl_ctx)
+            self.log_error(fl_ctx, f"unknown task '{task_name}'")
+            return make_reply(ReturnCode.TASK_UNKNOWN)
+        except OncoFLError as e:
+            e.with_context(site=self._site)
+            self.log_error(fl_ctx, f"task '{task_name}' failed: {e.local_message()}")
+            return self._error_reply(e.server_message())
+        except Exception as e:
+            self.log_error(fl_ctx, f"task '{task_name}' failed: {traceback.format_exc()}")
+            return self._error_reply(
+                f"[{self._site}] task '{task_name}' failed with {type(e).__name__}: {e}. "
+                "Fix: see this site's local log for the full traceback"
+            )
+
+    def _error_reply(self, message: str) -> Shareable:
+        reply = make_reply(ReturnCode.EXECUTION_EXCEPTION)
+        reply.set_header(ERROR_HEADER, self._guard.redact(message))
+        return reply
+
+    def _incoming_weights(self, shareable: Shareable) -> dict[str, np.ndarray]:
+        dxo = from_shareable(shareable)
+        if dxo.data_kind != DataKind.WEIGHTS:
+            raise ValueError(f"expected model weights from the server, got data kind {dxo.data_kind}")
+        return dxo.data
+
+    def _do_train(self, shareable: Shareable, fl_ctx: FLContext, abort_signal: Signal) -> Shareable:
+        trainer, train, val = self._trainer, self._train, self._val
+        assert trainer is not None and train is not None and val is not None
+        current_round = int(shareable.get_header(AppConstants.CURRENT_ROUND, 0) or 0)
+        trainer.load_state(self._incoming_weights(shareable))
+        key = self._spec.key_metric
+        global_score = trainer.evaluate(val, batch_size=self.batch_size)  # (2) the global model on local data
+
+        started = time.perf_counter()
+        stats = trainer.train(
+            train, epochs=self.local_epochs, batch_size=self.batch_size, should_abort=lambda: abort_signal.triggered
+        )
+        if stats.aborted:
+            self.log_info(fl_ctx, f"round {current_round}: training aborted after {stats.steps} steps")
+            return make_reply(ReturnCode.TASK_ABORTED)
+        local_metrics = trainer.evaluate_all(val, batch_size=self.batch_size)
+        local_score = local_metrics[key]
+        self._local_weights = trainer.state()
+        self._save_local_model()
+        seconds = time.perf_counter() - started
+        self.log_info(
+            fl_ctx,
+            f"round {current_round}: global {key}={global_score:.4f} -> local {key}={local_score:.4f}, "
+            f"loss={stats.mean_loss:.4f}, {stats.steps} steps in {seconds:.1f} s",
+        )
+        extra = {f"{k}_local": v for k, v in local_metrics.items() if k != key}
+        self._report(
+            fl_ctx,
+            {f"{key}_global": global_score, f"{key}_local": local_score, "train_loss": stats.mean_loss, **extra},
+            step=current_round,
+        )
+        meta = {
+            MetaKey.NUM_STEPS_CURRENT_ROUND: stats.steps,
+            MetaKey.INITIAL_METRICS: self._guard.metrics({key: global_score}),
+        }
+        return DXO(data_kind=DataKind.WEIGHTS, data=self._local_weights, meta=meta).to_shareable()
+
+    def _do_validate(self, shareable: Shareable, fl_ctx: FLContext) -> Shareable:
+        trainer, val = self._trainer, self._val
+        assert trainer is not None and val is not None
+        owner = shareable.get_header(AppConstants.MODEL_OWNER, "?")
+        trainer.load_state(self._incoming_weights(shareable))
+        metrics = trainer.evaluate_all(val, batch_size=self.batch_size)
+        self.log_info(fl_ctx, f"validated model from {owner}: {metrics}")
+        return DXO(data_kind=DataKind.METRICS, data=self._guard.metrics(metrics)).to_shareable()
+
+    def _do_submit_model(self, fl_ctx: FLContext) -> Shareable:
+        if self._local_weights is None:
+            self.log_info(fl_ctx, "no local model yet: this site has not completed a training round")
+            return make_reply(ReturnCode.EMPTY_RESULT)
+        return DXO(data_kind=DataKind.WEIGHTS, data=self._local_weights).to_shareable()
+
+    # -- outputs kept at the site, and analytics streamed to the server ----------------------------------------
+    def _save_local_model(self) -> None:
+        if self._app_dir is not None and self._trainer is not None:
+            torch.save({"model": self._trainer.model.state_dict(), "task": self.task}, self._app_dir / "local_model.pt")
+
+    def _report(self, fl_ctx: FLContext, values: dict[str, float], step: int) -> None:
+        values = self._guard.metrics(values)
+        if self._tb is None and self._app_dir is not None:
+            from torch.utils.tensorboard import SummaryWriter
+
+            self._tb = SummaryWriter(log_dir=str(self._app_dir / "tb_local"))
+        for tag, value in values.items():
+            if self._tb is not None:
+                self._tb.add_scalar(tag, value, step)
+            if fl_ctx.get_engine() is not None:  # no engine: a local dry run outside FLARE, nothing to stream to
+                dxo = create_analytic_dxo(tag=tag, value=value, data_type=AnalyticsDataType.SCALAR, global_step=step)
+                send_analytic_dxo(self, dxo=dxo, fl_ctx=fl_ctx, event_type=ANALYTIC_EVENT_TYPE)
+        if self._tb is not None:
+            self._tb.flush()
