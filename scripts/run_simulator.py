@@ -160,15 +160,10 @@ def main(argv: list[str] | None = None) -> int:
         print(f"\ncross-site {key} (rows: data of site, columns: model)\n" + cross_site_table(result.cross_site))
     holdout = data / "holdout"
     if holdout.is_dir() and result.best_model.is_file():
+        job_args = executor_args(args.job)
+        settings = {"task": task, "network": job_args.get("network"), "params": job_args.get("preprocess")}
         initial, final, best = (
-            holdout_metric(
-                model,
-                holdout,
-                task=task,
-                network=executor_args(args.job).get("network"),
-                params=executor_args(args.job).get("preprocess"),
-            )
-            for model in (None, result.global_model, result.best_model)
+            holdout_metric(model, holdout, **settings) for model in (None, result.global_model, result.best_model)
         )
         print(
             f"\nheld-out {key.removeprefix('val_')} (cases no site trained on): initial {initial:.3f} -> "
