@@ -9,13 +9,12 @@ The committed job is sized for GPU sites; ``--image-size 128 --small-network`` i
 
 from __future__ import annotations
 
-import argparse
 import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from fedavg import REPO, build_fedavg_job  # noqa: E402
+from fedavg import build_fedavg_job, cli  # noqa: E402
 from fedavg import export as export_job  # noqa: E402
 
 JOB_NAME = "breast_mammo_cls"
@@ -48,29 +47,5 @@ def export(
     return export_job(job, out_dir)
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--out", default=str(REPO / "jobs"), help="folder to write the job folder into")
-    parser.add_argument("--num-rounds", type=int, default=10)
-    parser.add_argument("--min-clients", type=int, default=2)
-    parser.add_argument("--local-epochs", type=int, default=3)
-    parser.add_argument("--batch-size", type=int, default=8)
-    parser.add_argument("--learning-rate", type=float, default=1e-3)
-    parser.add_argument("--image-size", type=int, default=512)
-    parser.add_argument("--small-network", action="store_true", help="a ~0.1 M-parameter DenseNet (CPU tests)")
-    args = parser.parse_args()
-    job_dir = export(
-        args.out,
-        num_rounds=args.num_rounds,
-        min_clients=args.min_clients,
-        local_epochs=args.local_epochs,
-        batch_size=args.batch_size,
-        learning_rate=args.learning_rate,
-        image_size=args.image_size,
-        small_network=args.small_network,
-    )
-    print(f"job written to {job_dir}")
-
-
 if __name__ == "__main__":
-    main()
+    cli(export, __doc__)

@@ -8,8 +8,11 @@ the job definitions and travel with the job; data paths and GPUs stay in each si
 
 from __future__ import annotations
 
+import argparse
+import inspect
 import shutil
 import sys
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -107,3 +110,19 @@ def export(job: FedJob, out_dir: str | Path) -> Path:
         PACKAGE, job_dir / "app" / "custom" / "oncofl", ignore=shutil.ignore_patterns("__pycache__", "*.pyc")
     )
     return job_dir
+
+
+def cli(export_fn: Callable[..., Path], description: str) -> None:
+    """Command line of a job definition: one option per keyword of ``export_fn``, defaults taken from it."""
+    parser = argparse.ArgumentParser(description=description, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--out", default=str(REPO / "jobs"), help="folder to write the job folder into")
+    options = [p for p in inspect.signature(export_fn).parameters.values() if p.kind == p.KEYWORD_ONLY]
+    for p in options:
+        flag = "--" + p.name.replace("_", "-")
+        if isinstance(p.default, bool):
+            parser.add_argument(flag, action="store_true", default=p.default)
+        else:
+            parser.add_argument(flag, type=type(p.default), default=p.default, help=f"default: {p.default}")
+    args = vars(parser.parse_args())
+    out = args.pop("out")
+    print(f"job written to {export_fn(out, **args)}")

@@ -8,14 +8,15 @@ Prostate MRI whole-gland segmentation (task ``prostate_seg``) with the shared Fe
 
 from __future__ import annotations
 
-import argparse
 import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from fedavg import REPO, build_fedavg_job  # noqa: E402
+from fedavg import build_fedavg_job, cli  # noqa: E402
 from fedavg import export as export_job  # noqa: E402
+
+from oncofl.dicom.series import SPACING_POLICIES  # noqa: E402
 
 JOB_NAME = "prostate_mri_seg"
 
@@ -31,6 +32,8 @@ def export(
     spacing_policy: str = "refuse",
 ) -> Path:
     """Write ``<out_dir>/prostate_mri_seg/`` and return it."""
+    if spacing_policy not in SPACING_POLICIES:
+        raise ValueError(f"spacing_policy must be one of {SPACING_POLICIES}, got {spacing_policy!r}")
     job = build_fedavg_job(
         JOB_NAME,
         task="prostate_seg",
@@ -44,27 +47,5 @@ def export(
     return export_job(job, out_dir)
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--out", default=str(REPO / "jobs"), help="folder to write the job folder into")
-    parser.add_argument("--num-rounds", type=int, default=5)
-    parser.add_argument("--min-clients", type=int, default=2)
-    parser.add_argument("--local-epochs", type=int, default=6)
-    parser.add_argument("--batch-size", type=int, default=4)
-    parser.add_argument("--learning-rate", type=float, default=2e-3)
-    parser.add_argument("--spacing-policy", choices=["refuse", "resample"], default="refuse")
-    args = parser.parse_args()
-    job_dir = export(
-        args.out,
-        num_rounds=args.num_rounds,
-        min_clients=args.min_clients,
-        local_epochs=args.local_epochs,
-        batch_size=args.batch_size,
-        learning_rate=args.learning_rate,
-        spacing_policy=args.spacing_policy,
-    )
-    print(f"job written to {job_dir}")
-
-
 if __name__ == "__main__":
-    main()
+    cli(export, __doc__)

@@ -79,15 +79,16 @@ class SiteReport:
 def _header_facts(case: CaseRef) -> tuple[str, str, tuple[float, ...], tuple[int, ...]]:
     """Modality, manufacturer, spacing and shape from headers only (no pixel decoding)."""
     files = list_series_files(case.image) if case.image.is_dir() else [case.image]
-    first = read_header(files[0])
+    headers = [read_header(f) for f in files]  # each header read once
+    first = headers[0]
     rows, cols = int(first.get("Rows", 0)), int(first.get("Columns", 0))
     ps = first.get("PixelSpacing") or first.get("ImagerPixelSpacing") or (0.0, 0.0)
     spacing: tuple[float, ...] = (float(ps[1]), float(ps[0]))
     shape: tuple[int, ...] = (cols, rows)
-    if len(files) > 1:
-        positions = sorted(float(read_header(f).get("ImagePositionPatient", [0, 0, 0])[2]) for f in files)
+    if len(headers) > 1:
+        positions = sorted(float(h.get("ImagePositionPatient", [0, 0, 0])[2]) for h in headers)
         spacing += (float(np.median(np.diff(positions))),)
-        shape += (len(files),)
+        shape += (len(headers),)
     return str(first.get("Modality", "")), str(first.get("Manufacturer", "")), spacing, shape
 
 
