@@ -40,7 +40,7 @@ from nvflare.job_config.defs import FilterType  # noqa: E402
 
 from oncofl.executor import OncoFLExecutor  # noqa: E402
 from oncofl.privacy import PHIGuardFilter  # noqa: E402
-from oncofl.server import SiteErrorReporter  # noqa: E402
+from oncofl.server import ParticipationMonitor, SiteErrorReporter  # noqa: E402
 from oncofl.tasks import get_task  # noqa: E402
 
 
@@ -56,6 +56,8 @@ def build_fedavg_job(
     preprocess: dict[str, Any] | None = None,
     network: dict[str, Any] | None = None,
     train_timeout: int = 0,
+    submit_model_timeout: int = 600,
+    validation_timeout: int = 1800,
 ) -> FedJob:
     """One job for one task of :mod:`oncofl.tasks`; the server's model is the task's network."""
     spec = get_task(task)
@@ -70,6 +72,7 @@ def build_fedavg_job(
     job.to_server(ValidationJsonGenerator(), id="json_generator")
     job.to_server(TBAnalyticsReceiver(events=["fed.analytix_log_stats"]), id="tb_receiver")
     job.to_server(SiteErrorReporter(), id="site_error_reporter")
+    job.to_server(ParticipationMonitor(), id="participation_monitor")
     workflow = ScatterAndGather(
         min_clients=min_clients,
         num_rounds=num_rounds,
@@ -79,9 +82,16 @@ def build_fedavg_job(
         shareable_generator_id="shareable_generator",
         train_timeout=train_timeout,
     )
-    workflow._always_serialize_args = ("min_clients", "num_rounds")  # FedJob skips defaults; keep these visible
+    workflow._always_serialize_args = ("min_clients", "num_rounds", "start_round")  # FedJob skips defaults
     job.to_server(workflow, id="scatter_and_gather")
-    job.to_server(CrossSiteModelEval(model_locator_id="model_locator"), id="cross_site_eval")
+    # a site that dropped out cannot answer: its cross-site tasks end after these timeouts, the others' results stay
+    cross_site = CrossSiteModelEval(
+        model_locator_id="model_locator",
+        submit_model_timeout=submit_model_timeout,
+        validation_timeout=validation_timeout,
+    )
+    cross_site._always_serialize_args = ("submit_model_timeout", "validation_timeout")
+    job.to_server(cross_site, id="cross_site_eval")
 
     executor = OncoFLExecutor(
         task=task,

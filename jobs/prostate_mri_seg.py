@@ -30,8 +30,10 @@ def export(
     batch_size: int = 4,
     learning_rate: float = 2e-3,
     spacing_policy: str = "refuse",
+    dropout_timeout: int = 600,
 ) -> Path:
-    """Write ``<out_dir>/prostate_mri_seg/`` and return it."""
+    """Write ``<out_dir>/prostate_mri_seg/`` and return it. ``dropout_timeout``: seconds cross-site evaluation waits
+    for a site that dropped out (its model, then its scores) before finishing with the others."""
     if spacing_policy not in SPACING_POLICIES:
         raise ValueError(f"spacing_policy must be one of {SPACING_POLICIES}, got {spacing_policy!r}")
     job = build_fedavg_job(
@@ -43,6 +45,8 @@ def export(
         batch_size=batch_size,
         learning_rate=learning_rate,
         preprocess={"spacing_policy": spacing_policy},  # a series with a gap: "refuse" it or "resample" it
+        submit_model_timeout=dropout_timeout,
+        validation_timeout=3 * dropout_timeout,
     )
     return export_job(job, out_dir)
 

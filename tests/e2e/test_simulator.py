@@ -128,7 +128,7 @@ def test_breast_wdbc_federated_learns_on_real_data(tmp_path):
 @pytest.mark.parametrize(
     "task, make_data, job_kwargs",
     [
-        ("breast_mammo_cls", "synthetic_mammo", {"image_size": 128, "small_network": True, "num_rounds": 6}),
+        ("breast_mammo_cls", "synthetic_mammo", {"image_size": 128, "small_network": True, "num_rounds": 8}),
         ("lung_nodule_cls", "synthetic_lung", {}),
     ],
 )

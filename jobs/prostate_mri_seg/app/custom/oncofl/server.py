@@ -2,11 +2,16 @@
 
 from __future__ import annotations
 
+import json
+import os
+
 from nvflare.apis.event_type import EventType
 from nvflare.apis.fl_component import FLComponent
 from nvflare.apis.fl_constant import FLContextKey, ReturnCode
 from nvflare.apis.fl_context import FLContext
 from nvflare.apis.shareable import ReservedHeaderKey, Shareable
+from nvflare.app_common.app_constant import AppConstants
+from nvflare.app_common.app_event_type import AppEventType
 
 from .executor import ERROR_HEADER
 
@@ -39,3 +44,71 @@ class SiteErrorReporter(FLComponent):
         reason = result.get_header(ERROR_HEADER) or f"no explanation sent (return code {rc}); see the site's log"
         self.failures.append((site, task, reason))
         self.log_error(fl_ctx, f"{site} failed task '{task}' ({rc}): {reason}")
+
+
+class ParticipationMonitor(FLComponent):
+    """Which sites contributed to each round, which dropped, and why that matters to the consortium.
+
+    At the end of every round the server log says, e.g.::
+
+        round 1: 2 of 3 sites contributed; no update from hospital-c (site dropped, timed out or failed)
+
+    and ``participation.json`` in the job's server workspace (downloaded with the job's results) lists every round's
+    contributors and the sites that dropped, so a shortened round is never silently mistaken for a full one.
+    FLARE 2.9 does not hand a running job to a client that restarts: a dropped site stays out until the next job
+    (``poc/pocctl.py resume`` continues training from the last global model with every site).
+    """
+
+    FILE_NAME = "participation.json"
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.rounds: list[dict] = []
+        self._current: dict | None = None
+
+    def handle_event(self, event_type: str, fl_ctx: FLContext) -> None:
+        if event_type == AppEventType.ROUND_STARTED:
+            expected = sorted(c.name for c in fl_ctx.get_engine().get_clients())
+            self._current = {"round": fl_ctx.get_prop(AppConstants.CURRENT_ROUND), "expected": expected}
+            self._current["contributed"] = []
+        elif event_type == AppEventType.AFTER_CONTRIBUTION_ACCEPT and self._current is not None:
+            peer = fl_ctx.get_peer_context()
+            if peer and fl_ctx.get_prop(AppConstants.AGGREGATION_ACCEPTED):
+                self._current["contributed"].append(peer.get_identity_name())
+        elif event_type == AppEventType.ROUND_DONE and self._current is not None:
+            record = self._current
+            record["contributed"] = sorted(set(record["contributed"]))
+            record["missing"] = [s for s in record["expected"] if s not in record["contributed"]]
+            self.rounds.append(record)
+            self._current = None
+            n_done, n_all = len(record["contributed"]), len(record["expected"])
+            message = f"round {record['round']}: {n_done} of {n_all} sites contributed"
+            if record["missing"]:
+                self.log_warning(
+                    fl_ctx,
+                    f"{message}; no update from {', '.join(record['missing'])} (site dropped, timed out or failed)",
+                )
+            else:
+                self.log_info(fl_ctx, message)
+            self._write(fl_ctx)
+        elif event_type == EventType.END_RUN:
+            self._write(fl_ctx)
+            dropped = self.summary()["dropped"]
+            if dropped:
+                names = ", ".join(dropped)
+                self.log_warning(fl_ctx, f"job finished; some rounds lack updates from: {names} (see {self.FILE_NAME})")
+
+    def summary(self) -> dict:
+        dropped = sorted({s for r in self.rounds for s in r["missing"]})
+        return {
+            "rounds": self.rounds,
+            "dropped": dropped,
+            "last_round_contributors": self.rounds[-1]["contributed"] if self.rounds else [],
+        }
+
+    def _write(self, fl_ctx: FLContext) -> None:
+        run_dir = fl_ctx.get_engine().get_workspace().get_run_dir(fl_ctx.get_job_id())
+        path = os.path.join(run_dir, self.FILE_NAME)
+        with open(path + ".tmp", "w") as f:
+            json.dump(self.summary(), f, indent=1)
+        os.replace(path + ".tmp", path)
