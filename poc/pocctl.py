@@ -589,6 +589,12 @@ def demo(poc: Poc, job: Path, via: str, timeout: float) -> int:
     print(f"global model  : {result.global_model}")
     print(f"cross-site    : {result.cross_site}\n{cross_site_table(result.cross_site)}")
     print(f"TensorBoard   : tensorboard --logdir {result.tb_events}")
+    holdout = poc.data / "holdout"
+    if holdout.is_dir() and Path(job).resolve() == DEFAULT_JOB.resolve():
+        from oncofl.evaluation import holdout_metric
+
+        initial, final = holdout_metric(None, holdout), holdout_metric(result.global_model, holdout)
+        print(f"held-out Dice (cases no hospital trained on): initial {initial:.3f} -> final global {final:.3f}")
     print("\nstep timings (s): " + ", ".join(f"{n} {s:.1f}" for n, s in timings))
     return 0 if str(meta.get("status", "")).startswith("FINISHED") else 1
 

@@ -16,12 +16,15 @@ import torch
 from jobs.prostate_mri_seg import export
 from oncofl.evaluation import holdout_metric
 from poc.pocctl import LEAD, ORG_ADMIN, PROJECT_ADMIN, SERVER, SITES, JobResults, Poc
+from tests.e2e.test_simulator import identifiers
 
 pytestmark = pytest.mark.slow
 
-# Measured on the 2-core CI machine (docs/benchmarks.md): the 2-round x 2-epoch POC job reaches held-out Dice
-# 0.45-0.6 from 0.03; the threshold keeps a wide margin while still requiring real learning.
-MIN_POC_DICE = 0.25
+# The console test runs the committed prostate job's schedule (5 rounds x 6 epochs). Measured on the 2-core CI machine
+# (docs/benchmarks.md): held-out Dice 0.030 -> 0.871 in the POC demo, 0.83-0.88 in the simulator. A 3 x 4 schedule
+# was too short to assert on: 0.19-0.70 over four runs.
+MIN_POC_DICE = 0.60
+MIN_POC_GAIN = 0.50
 
 
 def free_port() -> int:
@@ -73,7 +76,7 @@ def small_job(tmp_path, num_rounds=2, local_epochs=2, dropout_timeout=30):
 
 
 def test_admin_console_submission_learns_and_results_download(poc, tmp_path, synthetic_data):
-    job_id = poc.submit(small_job(tmp_path, num_rounds=3, local_epochs=4), via="console", user=LEAD)
+    job_id = poc.submit(small_job(tmp_path, num_rounds=5, local_epochs=6), via="console", user=LEAD)
     meta = poc.wait(job_id, timeout=900)
     assert meta["status"] == "FINISHED:COMPLETED", meta
     assert meta["submitter_name"] == LEAD
@@ -87,12 +90,18 @@ def test_admin_console_submission_learns_and_results_download(poc, tmp_path, syn
         assert {"SRV_FL_global_model.pt", "SRV_best_FL_global_model.pt", *SITES} == set(cross[site])
     assert sorted(p.name for p in result.tb_events.iterdir()) == list(SITES)
     participation = json.loads((result.cross_site.parents[1] / "participation.json").read_text())
-    assert [r["contributed"] for r in participation["rounds"]] == [list(SITES)] * 3 and not participation["dropped"]
+    assert [r["contributed"] for r in participation["rounds"]] == [list(SITES)] * 5 and not participation["dropped"]
+
+    server_side = b"\n".join(
+        f.read_bytes() for f in (result.root / "workspace").rglob("*") if f.is_file() and f.suffix != ".pt"
+    )
+    leaked = [s for s in identifiers(tmp_path / "data") if s.encode() in server_side]
+    assert not leaked, f"server-side results hold patient identifiers or site paths: {leaked}"
 
     initial = holdout_metric(None, synthetic_data / "holdout")
     final = holdout_metric(result.global_model, synthetic_data / "holdout")
     print(f"POC held-out Dice: initial {initial:.3f}, final global {final:.3f}")
-    assert final >= MIN_POC_DICE and final > initial + 0.2
+    assert final >= MIN_POC_DICE and final - initial >= MIN_POC_GAIN
 
 
 def test_three_submission_paths_keep_gpu_requirements_and_roles_are_enforced(poc, tmp_path):
