@@ -104,8 +104,7 @@ class Poc:
         bin_dir = str(Path(sys.executable).parent)
         env = {**os.environ, "NVFLARE_POC_WORKSPACE": str(self.flare_ws), **self.env_overrides}
         env["PATH"] = bin_dir + os.pathsep + env.get("PATH", "")  # the kits' scripts call `python3`
-        env["PYTHONPATH"] = os.pathsep.join(p for p in (str(REPO / "custom"), env.get("PYTHONPATH", "")) if p)
-        return env
+        return env  # no PYTHONPATH to the repo: jobs must bring their code (app/custom), as at a real site
 
     def _nvflare(self, *args: str, timeout: float = 120, check: bool = True) -> subprocess.CompletedProcess:
         cmd = [str(Path(sys.executable).parent / "nvflare"), *args]
@@ -172,7 +171,7 @@ class Poc:
                 try:
                     pid = int(path.read_text().strip())
                     proc = psutil.Process(pid)
-                    if self.kit(name).name in " ".join(proc.cmdline()) or "nvflare" in " ".join(proc.cmdline()):
+                    if str(self.kit(name)) in " ".join(proc.cmdline()):  # a recycled PID is not ours
                         pids.add(pid)
                         pids.update(c.pid for c in proc.children(recursive=True))
                 except (OSError, ValueError, psutil.Error):
@@ -463,7 +462,10 @@ class Poc:
                 return chain, self.wait(chain[-1], timeout, rejoin=rejoin)
             except JobInterrupted as e:
                 print(f"{e}\n-> resuming from the last global model", flush=True)
-                self.wait_for_clients(list(SITES) if rejoin else [], timeout=120)
+                try:  # after a server restart the clients re-register within seconds; a dead site is not waited for
+                    self.wait_for_clients(list(SITES), timeout=60)
+                except PocError:
+                    self.wait_for_clients([], timeout=60)
                 chain.append(self.resume(chain[-1]))
 
     def resume(self, job_id: str, via: str = "api", user: str = LEAD) -> str:
