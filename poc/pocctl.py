@@ -72,6 +72,13 @@ class Poc:
     port: int = DEFAULT_PORT
     env_overrides: dict[str, str] = field(default_factory=dict)
 
+    # who is who in this deployment (a provisioned consortium overrides them)
+    project_name = PROJECT
+    server_name = SERVER
+    site_names = SITES
+    project_admin = PROJECT_ADMIN
+    lead = LEAD
+
     def __post_init__(self) -> None:
         self.root = Path(self.root).resolve()
 
@@ -90,7 +97,7 @@ class Poc:
 
     @property
     def prod(self) -> Path:
-        return self.flare_ws / PROJECT / "prod_00"
+        return self.flare_ws / self.project_name / "prod_00"
 
     def kit(self, name: str) -> Path:
         return self.prod / name
@@ -132,7 +139,7 @@ class Poc:
 
             synthetic.generate(data, seed=0)
         self.configure_server()
-        for site in SITES:
+        for site in self.site_names:
             self.configure_site(site, data, (gpus or {}).get(site, []))
 
     def configure_site(self, site: str, data: Path, gpu_ids: list[int]) -> None:
@@ -151,7 +158,7 @@ class Poc:
 
     def configure_server(self) -> None:
         """Give deployment replies more time than the 10 s default: a loaded workstation runs 4 FLARE processes."""
-        path = self.kit(SERVER) / "local" / "resources.json"
+        path = self.kit(self.server_name) / "local" / "resources.json"
         resources = json.loads(path.read_text())
         for server in resources.get("servers", []):
             server["admin_timeout"] = max(float(server.get("admin_timeout", 10.0)), 60.0)
@@ -159,7 +166,7 @@ class Poc:
 
     # ---------------------------------------------------------------- start / stop
     def participants(self) -> list[str]:
-        return [SERVER, *SITES]
+        return [self.server_name, *self.site_names]
 
     def running_pids(self) -> dict[str, list[int]]:
         """Live PIDs of every participant: its daemon loop, its FLARE process and all their descendants."""
@@ -186,8 +193,10 @@ class Poc:
         for name in only or []:
             args += ["-p", name]
         self._nvflare(*args, timeout=timeout + 60)
-        if only is None or SERVER in only:
-            self.wait_for_clients(list(SITES) if only is None else [s for s in only if s in SITES], timeout)
+        if only is None or self.server_name in only:
+            self.wait_for_clients(
+                list(self.site_names) if only is None else [s for s in only if s in self.site_names], timeout
+            )
 
     def start_site(self, site: str) -> None:
         """Start one participant from its kit, as the site's IT person would (``startup/start.sh``)."""
@@ -229,10 +238,7 @@ class Poc:
         pids = [pid for group in self.running_pids().values() for pid in group]
         if not pids:
             return []
-        try:
-            self._nvflare("poc", "stop", timeout=timeout + 30, check=False)
-        except subprocess.TimeoutExpired:
-            pass
+        self.request_shutdown(timeout)
         procs = [p for p in map(_proc, pids) if p]
         _, alive = psutil.wait_procs(procs, timeout=timeout)
         if alive:
@@ -248,15 +254,23 @@ class Poc:
         psutil.wait_procs(alive, timeout=15)
         return [p.pid for p in alive]
 
+    def request_shutdown(self, timeout: float) -> None:
+        """Ask FLARE to shut every participant down (``nvflare poc stop``); ``stop`` then waits for the PIDs."""
+        try:
+            self._nvflare("poc", "stop", timeout=timeout + 30, check=False)
+        except subprocess.TimeoutExpired:
+            pass
+
     def clean(self) -> None:
         if self.running_pids():
             raise PocError("the POC is still running; run `pocctl.py stop` first")
         shutil.rmtree(self.root, ignore_errors=True)
 
     # ---------------------------------------------------------------- admin
-    def session(self, user: str = LEAD, timeout: float = 30):
+    def session(self, user: str | None = None, timeout: float = 30):
         from nvflare.fuel.flare_api.flare_api import new_secure_session
 
+        user = user or self.lead
         return new_secure_session(user, str(self.kit(user)), timeout=timeout)
 
     def wait_for_clients(self, sites: list[str], timeout: float = 90) -> None:
@@ -264,7 +278,7 @@ class Poc:
         missing = set(sites)
         while True:
             try:
-                sess = self.session(PROJECT_ADMIN)
+                sess = self.session(self.project_admin)
                 try:
                     missing = set(sites) - {c.name for c in sess.get_connected_client_list()}
                 finally:
@@ -280,7 +294,7 @@ class Poc:
             time.sleep(2)
 
     def status(self) -> dict:
-        sess = self.session(PROJECT_ADMIN)
+        sess = self.session(self.project_admin)
         try:
             clients = sorted(c.name for c in sess.get_connected_client_list())
             jobs = sess.list_jobs()
@@ -298,15 +312,18 @@ class Poc:
         meta = json.loads(meta_path.read_text())
         if gpus_per_site:
             spec = {"num_of_gpus": gpus_per_site, "mem_per_gpu_in_GiB": mem_per_gpu_in_GiB}
-            meta["resource_spec"] = {site: dict(spec) for site in SITES}
+            meta["resource_spec"] = {site: dict(spec) for site in self.site_names}
         meta_path.write_text(json.dumps(meta, indent=2) + "\n")
         return staged
 
-    def submit(self, job: Path = DEFAULT_JOB, via: str = "console", user: str = LEAD, gpus_per_site: int = 0) -> str:
-        """Submit a job folder as ``user``; returns the job id. ``via``: console | cli | api."""
+    def submit(
+        self, job: Path = DEFAULT_JOB, via: str = "console", user: str | None = None, gpus_per_site: int = 0
+    ) -> str:
+        """Submit a job folder as ``user`` (default: the lead); returns the job id. ``via``: console | cli | api."""
         return self._submit_staged(self.stage_job(job, gpus_per_site), via, user)
 
-    def _submit_staged(self, staged: Path, via: str, user: str) -> str:
+    def _submit_staged(self, staged: Path, via: str, user: str | None) -> str:
+        user = user or self.lead
         if via == "api":
             sess = self.session(user)
             try:
@@ -331,9 +348,13 @@ class Poc:
         shutil.copytree(staged, kept)
         return job_id
 
-    def admin_console(self, commands: list[str], user: str = LEAD, timeout: float = 120) -> str:
+    def admin_console(self, commands: list[str], user: str | None = None, timeout: float = 120) -> str:
         """Run the admin console of ``user``'s kit (``startup/fl_admin.sh``) with ``commands`` on its stdin."""
+        user = user or self.lead
         script = self.kit(user) / "startup" / "fl_admin.sh"
+        admin = json.loads((self.kit(user) / "startup" / "fed_admin.json").read_text()).get("admin", {})
+        if admin.get("uid_source", "user_input") != "cert":  # a provisioned console first asks "User Name:"
+            commands = [user, *commands]
         proc = subprocess.run(
             ["bash", str(script)],
             input="\n".join(commands) + "\n",
@@ -345,7 +366,7 @@ class Poc:
         return proc.stdout + proc.stderr
 
     def job_status(self, job_id: str) -> str:
-        sess = self.session(PROJECT_ADMIN)
+        sess = self.session(self.project_admin)
         try:
             return sess.get_job_meta(job_id).get("status", "")
         finally:
@@ -359,7 +380,7 @@ class Poc:
         orphan_polls = 0
         while True:
             try:
-                sess = self.session(PROJECT_ADMIN)
+                sess = self.session(self.project_admin)
                 try:
                     meta = sess.get_job_meta(job_id)
                     running = {j.job_id for j in sess.get_system_info().job_info}
@@ -382,7 +403,7 @@ class Poc:
                 )
             back = self.returned_sites(job_id) if rejoin and status == "RUNNING" else []
             if back:
-                sess = self.session(PROJECT_ADMIN)
+                sess = self.session(self.project_admin)
                 try:
                     sess.abort_job(job_id)
                 finally:
@@ -403,7 +424,7 @@ class Poc:
         times out."""
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
-            sess = self.session(PROJECT_ADMIN)
+            sess = self.session(self.project_admin)
             try:
                 busy = [e for e in sess.get_client_job_status() or [] if job_id in json.dumps(e, default=str)]
             finally:
@@ -415,7 +436,7 @@ class Poc:
     def job_file(self, job_id: str, relative: str) -> Path:
         """A file of the job's server workspace: live while the job runs, else from its downloaded results (FLARE
         moves a finished job's workspace into the job store)."""
-        live = self.kit(SERVER) / job_id / relative
+        live = self.kit(self.server_name) / job_id / relative
         if live.exists():
             return live
         downloaded = self.results / job_id
@@ -440,8 +461,8 @@ class Poc:
             return []
         # log lines start with their time stamp ("2026-11-27 21:12:13,264"): compare as text
         try:
-            job_started = (self.kit(SERVER) / job_id / "log.txt").read_text(errors="replace")[:23]
-            server_log = (self.kit(SERVER) / "log.txt").read_text(errors="replace").splitlines()
+            job_started = (self.kit(self.server_name) / job_id / "log.txt").read_text(errors="replace")[:23]
+            server_log = (self.kit(self.server_name) / "log.txt").read_text(errors="replace").splitlines()
         except OSError:  # the job just finished
             return []
         return sorted(
@@ -463,12 +484,12 @@ class Poc:
             except JobInterrupted as e:
                 print(f"{e}\n-> resuming from the last global model", flush=True)
                 try:  # after a server restart the clients re-register within seconds; a dead site is not waited for
-                    self.wait_for_clients(list(SITES), timeout=60)
+                    self.wait_for_clients(list(self.site_names), timeout=60)
                 except PocError:
                     self.wait_for_clients([], timeout=60)
                 chain.append(self.resume(chain[-1]))
 
-    def resume(self, job_id: str, via: str = "api", user: str = LEAD) -> str:
+    def resume(self, job_id: str, via: str = "api", user: str | None = None) -> str:
         """Continue an interrupted (or site-depleted) job from its last saved global model with every site that is
         connected now: a new job whose rounds continue the old numbering. Returns the new job id."""
         checkpoint = self.job_file(job_id, "app_server/FL_global_model.pt")
@@ -506,14 +527,14 @@ class Poc:
         shutil.copy2(checkpoint, staged / "app_server" / "custom" / RESUME_CHECKPOINT)
         meta = json.loads((staged / "meta.json").read_text())
         meta["name"] = f"{meta.get('name', source.parent.name)}_resume"
-        meta["deploy_map"] = {"app_server": [SERVER], "app_clients": list(SITES)}
+        meta["deploy_map"] = {"app_server": [self.server_name], "app_clients": list(self.site_names)}
         (staged / "meta.json").write_text(json.dumps(meta, indent=2) + "\n")
         return self._submit_staged(staged, via, user)
 
     def download(self, job_id: str, destination: Path | None = None) -> Path:
         """Download the job's results (global model, cross-site matrix, TensorBoard events, logs)."""
         destination = Path(destination or self.results).resolve()
-        sess = self.session(PROJECT_ADMIN)
+        sess = self.session(self.project_admin)
         try:
             location = sess.download_job_result(job_id, str(destination))
         finally:

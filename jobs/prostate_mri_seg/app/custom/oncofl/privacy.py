@@ -13,6 +13,7 @@ import re
 from collections.abc import Iterable, Mapping
 from typing import Any
 
+import numpy as np
 from nvflare.apis.dxo import DataKind, from_shareable
 from nvflare.apis.filter import Filter
 from nvflare.apis.fl_context import FLContext
@@ -92,3 +93,102 @@ class PHIGuardFilter(Filter):
         if isinstance(value, (list, tuple)):
             return type(value)(self._clean(v) for v in value)
         return value
+
+
+# Global weights a site received, per task, so the outgoing result can be measured as an update. One job process
+# per job, so task ids are unique here; entries are removed when the result leaves.
+_RECEIVED: dict[str, dict[str, Any]] = {}
+_LAST_TRAINED_FROM = "<last global model trained from>"
+
+
+class SiteUpdateGuard(Filter):
+    """A site's own policy for model updates leaving it, set in the site's ``local/privacy.json`` scope so it holds
+    for every job run under that scope, whatever the job configures (FLARE runs site-scope filters before the
+    job's own).
+
+    Configure it in both chains of the scope: as a task-data filter it remembers the global weights received; as a
+    task-result filter, for WEIGHTS / WEIGHT_DIFF results, it
+
+    * refuses the update when any value is NaN/inf (the site then sends an error reply instead: nothing leaves),
+    * drops the variables matching ``exclude_vars`` (regular expressions; default: BatchNorm running statistics,
+      which are plain statistics of the site's images) so the site shares nothing about them,
+    * bounds the update's L2 norm (``result - received``) to ``max_update_norm`` by scaling it down,
+
+    and logs one line locally saying what it did. A WEIGHTS result without a remembered reference is refused when
+    ``max_update_norm`` is set, rather than sent unbounded.
+    """
+
+    DEFAULT_EXCLUDE = (r"running_mean$", r"running_var$", r"num_batches_tracked$")
+
+    def __init__(self, max_update_norm: float | None = None, exclude_vars: list[str] | None = None) -> None:
+        super().__init__()
+        if max_update_norm is not None and not (math.isfinite(max_update_norm) and max_update_norm > 0):
+            raise ValueError(f"max_update_norm must be a positive number or null, got {max_update_norm!r}")
+        self.max_update_norm = max_update_norm
+        patterns = list(self.DEFAULT_EXCLUDE if exclude_vars is None else exclude_vars)
+        self.exclude = [re.compile(p) for p in patterns]
+
+    def process(self, shareable: Shareable, fl_ctx: FLContext) -> Shareable:
+        from nvflare.apis.fl_constant import FilterKey, FLContextKey
+
+        task_id = str(fl_ctx.get_prop(FLContextKey.TASK_ID, "") or "")
+        incoming = fl_ctx.get_prop(FLContextKey.FILTER_DIRECTION) == FilterKey.IN
+        received = None if incoming else _RECEIVED.pop(task_id, None)
+        try:
+            dxo = from_shareable(shareable)
+        except Exception:
+            return shareable  # an error reply or a non-DXO message: nothing numeric to guard
+        if dxo.data_kind not in (DataKind.WEIGHTS, DataKind.WEIGHT_DIFF):
+            return shareable
+        if incoming:
+            if dxo.data_kind == DataKind.WEIGHTS:
+                _RECEIVED[task_id] = {k: np.array(v, dtype=np.float64, copy=True) for k, v in dxo.data.items()}
+            return shareable
+        # a result with no task data of its own (e.g. cross-site evaluation's submit_model) is measured against the
+        # last global model this site trained from
+        if received is not None:
+            _RECEIVED[_LAST_TRAINED_FROM] = received
+        reference = received if received is not None else _RECEIVED.get(_LAST_TRAINED_FROM)
+        dxo.data, report = self.guard(dxo.data, dxo.data_kind, reference)
+        self.log_info(fl_ctx, f"site privacy policy: {report}")
+        dxo.update_shareable(shareable)
+        return shareable
+
+    def guard(self, data: Mapping[str, Any], kind: str, received: Mapping[str, Any] | None) -> tuple[dict, str]:
+        """The policy on one result; returns the data to send and a one-line report. Raises ValueError to refuse."""
+        bad = [k for k, v in data.items() if not np.all(np.isfinite(np.asarray(v, dtype=np.float64)))]
+        if bad:
+            raise ValueError(
+                f"update refused by the site privacy policy: non-finite values in {len(bad)} tensor(s) "
+                f"(first: {bad[0]}); check the site's data and learning rate"
+            )
+        kept = {k: v for k, v in data.items() if not any(p.search(k) for p in self.exclude)}
+        report = f"excluded {len(data) - len(kept)} of {len(data)} tensors"
+        if self.max_update_norm is None:
+            return kept, report + "; update norm not bounded"
+        if kind == DataKind.WEIGHTS:
+            if received is None:
+                raise ValueError(
+                    "update refused by the site privacy policy: max_update_norm is set but the global "
+                    "weights this result started from were not seen; list SiteUpdateGuard under the "
+                    "scope's task_data_filters too"
+                )
+            missing = [k for k in kept if k not in received]
+            if missing:
+                raise ValueError(
+                    f"update refused by the site privacy policy: {len(missing)} tensor(s) were not in "
+                    f"the global model received (first: {missing[0]})"
+                )
+            delta = {k: np.asarray(v, dtype=np.float64) - received[k] for k, v in kept.items()}
+        else:
+            delta = {k: np.asarray(v, dtype=np.float64) for k, v in kept.items()}
+        norm = math.sqrt(sum(float(np.sum(d * d)) for d in delta.values()))
+        if norm <= self.max_update_norm:
+            return kept, report + f"; update norm {norm:.4g} within bound {self.max_update_norm:g}"
+        scale = self.max_update_norm / norm
+        out = {}
+        for k, v in kept.items():
+            original = np.asarray(v)
+            scaled = delta[k] * scale + (received[k] if kind == DataKind.WEIGHTS else 0.0)
+            out[k] = scaled.astype(original.dtype if original.dtype.kind == "f" else np.float32)
+        return out, report + f"; update norm {norm:.4g} clipped to {self.max_update_norm:g}"

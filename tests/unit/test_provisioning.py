@@ -1,0 +1,254 @@
+"""Provisioning without running anything: the real `nvflare provision` with our builders, site templates, the site IT's
+configure/preflight (tamper and foreign-certificate detection), dynamic provisioning of a new site, the site's
+update guard, and no key material in git."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import yaml
+from cryptography.x509 import load_pem_x509_certificate
+from nvflare.apis.dxo import DXO, DataKind, from_shareable
+from nvflare.apis.fl_constant import FilterKey, FLContextKey
+from nvflare.apis.fl_context import FLContext
+from nvflare.apis.workspace import Workspace
+from nvflare.private.fed.app.fl_conf import create_privacy_manager
+
+from oncofl.privacy import PHIGuardFilter, SiteUpdateGuard
+from provisioning.provision import PROJECT_FILE, Consortium, rehearsal_project
+from provisioning.site_setup import GUARD, SetupError, check_identity, check_signatures, configure, preflight
+from tests.conftest import REPO
+
+ROLES = {"project_admin", "org_admin", "lead", "member"}
+
+
+@pytest.fixture(scope="module")
+def provisioned(tmp_path_factory):
+    root = tmp_path_factory.mktemp("consortium")
+    (root / "home").mkdir()
+    consortium = Consortium(root / "ws", port=18997, env_overrides={"HOME": str(root / "home")})
+    consortium.provision(rehearse=True)
+    return consortium
+
+
+def test_project_describes_a_realistic_consortium():
+    project = yaml.safe_load(PROJECT_FILE.read_text())
+    server = [p for p in project["participants"] if p["type"] == "server"]
+    clients = [p for p in project["participants"] if p["type"] == "client"]
+    admins = [p for p in project["participants"] if p["type"] == "admin"]
+    assert len(server) == 1 and "." in server[0]["name"] and server[0]["name"] in server[0]["host_names"]
+    assert len(clients) >= 3
+    for client in clients:
+        assert client["capacity"]["num_of_gpus"] >= 1 and client["capacity"]["mem_per_gpu_in_GiB"] >= 16
+    assert {a["role"] for a in admins} == ROLES
+    builders = [b["path"].rsplit(".", 1)[-1] for b in project["builders"]]
+    assert builders.index("SignStartupBuilder") > builders.index("CertBuilder")
+    assert "SiteTemplateBuilder" in builders
+
+
+def test_rehearsal_project_only_moves_the_server_to_localhost(tmp_path):
+    original = yaml.safe_load(PROJECT_FILE.read_text())
+    rehearsal = yaml.safe_load(rehearsal_project(PROJECT_FILE.read_text(), 18000, tmp_path))
+    server = rehearsal["participants"][0]
+    assert server["default_host"] == "localhost" and {"localhost", "127.0.0.1"} <= set(server["host_names"])
+    assert server["fed_learn_port"] == server["admin_port"] == 18000
+    assert [p["name"] for p in rehearsal["participants"]] == [p["name"] for p in original["participants"]]
+
+
+def test_kits_carry_the_site_templates_and_a_verified_signature(provisioned):
+    for site in provisioned.site_names:
+        kit = provisioned.kit(site)
+        local = kit / "local"
+        assert json.loads((local / "privacy.json").read_text()) == json.loads(
+            (REPO / "provisioning" / "site_templates" / "privacy.json").read_text()
+        )
+        resources = json.loads((local / "resources.json").read_text())
+        assert resources["allow_log_streaming"] is False  # local error logs name files: they stay at the site
+        assert not any(c["id"] == "site_log_streamer" for c in resources["components"])
+        assert resources["class_allow_list"], "FLARE's provisioned allow-list is kept"
+        manager = next(c["args"] for c in resources["components"] if c["id"] == "resource_manager")
+        capacity = next(p for p in yaml.safe_load(PROJECT_FILE.read_text())["participants"] if p["name"] == site)
+        assert manager["num_of_gpus"] == capacity["capacity"]["num_of_gpus"]
+        authorization = json.loads((local / "authorization.json").read_text())["permissions"]
+        assert authorization["org_admin"]["byoc"] == "none" and authorization["lead"]["byoc"] == "any"
+        assert check_signatures(kit / "startup") == []
+        assert check_identity(kit / "startup", site) == []
+        sample = json.loads((local / "oncofl_site.json.sample").read_text())
+        assert sample["site_name"] == site
+    server_resources = (provisioned.kit(provisioned.server_name) / "local" / "resources.json").read_text()
+    assert "/tmp/nvflare" not in server_resources and str(provisioned.root / "server_storage") in server_resources
+
+
+def test_flare_builds_the_site_privacy_scope_with_our_guard(provisioned):
+    kit = provisioned.kit("hospital-a")
+    manager = create_privacy_manager(Workspace(str(kit), "hospital-a"), names_only=False)
+    scope = manager.get_scope("")  # a job that names no scope gets the default one
+    assert scope.name == "oncofl"
+    assert [type(f) for f in scope.task_data_filters[FilterKey.IN]] == [SiteUpdateGuard]
+    assert [type(f) for f in scope.task_result_filters[FilterKey.OUT]] == [SiteUpdateGuard, PHIGuardFilter]
+    assert manager.get_scope("research_unfiltered") is None  # FLARE refuses to deploy a job naming it
+
+
+def _copy_kit(provisioned, site, tmp_path):
+    kit = tmp_path / site
+    shutil.copytree(provisioned.kit(site), kit)
+    return kit
+
+
+def test_configure_and_preflight_pass_on_a_good_kit(provisioned, tmp_path, synthetic_data):
+    kit = _copy_kit(provisioned, "hospital-b", tmp_path)
+    configure(kit, data_root=synthetic_data / "site-2", cache_dir=tmp_path / "cache", gpu_ids=[], available_gpus=0)
+    config = json.loads((kit / "local" / "oncofl_site.json").read_text())
+    assert config["site_name"] == "hospital-b" and config["gpu_ids"] == []
+    manager = next(
+        c["args"]
+        for c in json.loads((kit / "local" / "resources.json").read_text())["components"]
+        if c["id"] == "resource_manager"
+    )
+    assert manager["num_of_gpus"] == 0  # provisioned with 1; this machine has none, so the client can start
+    rows = {name: (ok, detail) for name, ok, detail in preflight(kit)}
+    assert all(ok for ok, _ in rows.values()), rows
+    assert "training" in rows["site data"][1]
+
+
+def test_configure_refuses_gpus_the_machine_does_not_have(provisioned, tmp_path, synthetic_data):
+    kit = _copy_kit(provisioned, "hospital-a", tmp_path)
+    with pytest.raises(SetupError, match=r"GPU ids \[0, 1\] are not visible.*--gpus none"):
+        configure(kit, data_root=synthetic_data / "site-1", cache_dir=tmp_path / "c", gpu_ids=[0, 1], available_gpus=0)
+    assert not (kit / "local" / "oncofl_site.json").exists()
+
+
+def test_preflight_names_a_tampered_startup_file(provisioned, tmp_path, synthetic_data):
+    kit = _copy_kit(provisioned, "hospital-a", tmp_path)
+    configure(kit, data_root=synthetic_data / "site-1", cache_dir=tmp_path / "c", gpu_ids=[], available_gpus=0)
+    fed_client = kit / "startup" / "fed_client.json"
+    fed_client.write_text(fed_client.read_text().replace("localhost", "evil.example.org"))
+    rows = {name: (ok, detail) for name, ok, detail in preflight(kit)}
+    assert rows["kit integrity"] == (False, "fed_client.json (changed since provisioning)")
+    # FLARE's own check agrees (the participant would also refuse to start: its startup has a signature.json)
+    proc = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "nvflare.tool.verify_startup_kits",
+            "-f",
+            str(kit / "startup"),
+            "-c",
+            str(kit / "startup" / "rootCA.pem"),
+        ],
+        capture_output=True,
+    )
+    assert proc.returncode == 1
+
+
+def test_preflight_catches_a_certificate_from_another_provisioning(provisioned, tmp_path):
+    other = Consortium(tmp_path / "other", port=18996, env_overrides=provisioned.env_overrides)
+    other.provision(rehearse=True)
+    kit = _copy_kit(provisioned, "hospital-c", tmp_path)
+    for name in ("client.crt", "client.key"):
+        shutil.copy2(other.kit("hospital-c") / "startup" / name, kit / "startup" / name)
+    problems = check_identity(kit / "startup", "hospital-c")
+    assert problems == ["client.crt was not issued by this kit's rootCA.pem (a certificate from another provisioning?)"]
+    assert set(check_signatures(kit / "startup")) == {
+        "client.crt (changed since provisioning)",
+        "client.key (changed since provisioning)",
+    }
+
+
+def test_add_site_issues_one_kit_under_the_same_root_ca(provisioned, tmp_path):
+    consortium = Consortium(tmp_path / "ws", port=18995, env_overrides=provisioned.env_overrides)
+    consortium.provision(rehearse=True)
+    before = {
+        p: p.read_bytes() for name in consortium.participants() for p in (consortium.kit(name) / "startup").iterdir()
+    }
+    kit = consortium.add_site("hospital-d", "hospital_d", gpus=1, gpu_mem=24)
+    assert kit.parent.name == "prod_01" and "hospital-d" in consortium.site_names
+    assert all(p.read_bytes() == data for p, data in before.items()), "nobody else's kit may change"
+    root = load_pem_x509_certificate((consortium.kit("hospital-a") / "startup" / "rootCA.pem").read_bytes())
+    assert (kit / "startup" / "rootCA.pem").read_bytes() == (
+        consortium.kit("hospital-a") / "startup" / "rootCA.pem"
+    ).read_bytes()
+    load_pem_x509_certificate((kit / "startup" / "client.crt").read_bytes()).verify_directly_issued_by(root)
+    assert check_signatures(kit / "startup") == [] and check_identity(kit / "startup", "hospital-d") == []
+    assert (kit / "local" / "privacy.json").is_file()
+    record = yaml.safe_load(consortium.project_file.read_text())
+    assert {
+        "name": "hospital-d",
+        "type": "client",
+        "org": "hospital_d",
+        "capacity": {"num_of_gpus": 1, "mem_per_gpu_in_GiB": 24},
+    } in record["participants"]
+    with pytest.raises(Exception, match="already a participant"):
+        consortium.add_site("hospital-d", "hospital_d")
+
+
+def test_no_key_or_certificate_is_committed():
+    files = subprocess.run(["git", "ls-files"], cwd=REPO, capture_output=True, text=True, check=True).stdout.split()
+    assert files, "not a git checkout"
+    suspicious = [f for f in files if f.endswith((".key", ".pem", ".crt", ".p12", ".pfx")) or "rootCA" in f]
+    assert not suspicious
+    for f in files:
+        path = REPO / f
+        if path.is_file() and path.stat().st_size < 2_000_000:
+            assert b"PRIVATE KEY-----" not in path.read_bytes().replace(b'"-----BEGIN', b""), f
+    for example in (
+        "provisioning/workspace/x/startup/client.key",
+        "poc/workspace/a.pem",
+        "any/rootCA.pem",
+        "provisioning/workspace/oncofl_consortium/state/cert.json",
+        "elsewhere/state/cert.json",
+        "kits/hospital-a/startup/client.crt",
+        "jobs/prostate_mri_seg/.__nvfl_submitter.crt",
+        "jobs/prostate_mri_seg/app/.__nvfl_sig.json",
+    ):
+        assert subprocess.run(["git", "check-ignore", "-q", example], cwd=REPO).returncode == 0, example
+
+
+# ---------------------------------------------------------------------------------------------- SiteUpdateGuard
+def _ctx(task_id: str, direction: str) -> FLContext:
+    ctx = FLContext()
+    ctx.set_prop(FLContextKey.TASK_ID, task_id, private=True, sticky=False)
+    ctx.set_prop(FLContextKey.FILTER_DIRECTION, direction, private=True, sticky=False)
+    return ctx
+
+
+def _weights(value: float) -> dict:
+    return {"conv.weight": np.full((3, 4), value, np.float32), "bn.running_mean": np.full(3, value, np.float32)}
+
+
+def test_guard_clips_the_update_and_drops_data_statistics():
+    guard = SiteUpdateGuard(max_update_norm=1.0)
+    guard.process(DXO(DataKind.WEIGHTS, _weights(0.0)).to_shareable(), _ctx("t1", FilterKey.IN))
+    out = from_shareable(guard.process(DXO(DataKind.WEIGHTS, _weights(1.0)).to_shareable(), _ctx("t1", FilterKey.OUT)))
+    assert set(out.data) == {"conv.weight"}  # BatchNorm running statistics never leave
+    np.testing.assert_allclose(np.linalg.norm(out.data["conv.weight"]), 1.0, rtol=1e-5)  # norm sqrt(12) -> 1
+    assert out.data["conv.weight"].dtype == np.float32
+    # cross-site evaluation's submit_model has no task data: measured against the last global model trained from
+    out = from_shareable(guard.process(DXO(DataKind.WEIGHTS, _weights(0.1)).to_shareable(), _ctx("t2", FilterKey.OUT)))
+    np.testing.assert_allclose(out.data["conv.weight"], 0.1, rtol=1e-5)  # norm 0.35: within the bound, unchanged
+
+
+def test_guard_refuses_non_finite_updates_and_unbounded_ones():
+    guard = SiteUpdateGuard(max_update_norm=1.0, exclude_vars=[])
+    bad = _weights(0.0)
+    bad["conv.weight"][0, 0] = np.nan
+    with pytest.raises(ValueError, match=r"non-finite values in 1 tensor\(s\) \(first: conv.weight\)"):
+        guard.guard(bad, DataKind.WEIGHTS, _weights(0.0))
+    with pytest.raises(ValueError, match="global weights this result started from were not seen"):
+        guard.guard(_weights(1.0), DataKind.WEIGHTS, None)
+    diff, report = guard.guard(_weights(0.1), DataKind.WEIGHT_DIFF, None)  # a diff is its own update
+    assert "within bound" in report and set(diff) == {"conv.weight", "bn.running_mean"}
+    with pytest.raises(ValueError, match="positive number"):
+        SiteUpdateGuard(max_update_norm=0)
+
+
+def test_site_template_scope_lists_the_guard_in_both_chains():
+    policy = json.loads((REPO / "provisioning" / "site_templates" / "privacy.json").read_text())
+    default = next(s for s in policy["scopes"] if s["name"] == policy["default_scope"])
+    assert any(f["path"] == GUARD for f in default["task_data_filters"])
+    assert [f["path"] for f in default["task_result_filters"]] == [GUARD, "oncofl.privacy.PHIGuardFilter"]
