@@ -107,6 +107,9 @@ def test_breast_wdbc_federated_learns_on_real_data(tmp_path):
     from oncofl import wdbc
 
     data = wdbc.generate(tmp_path / "data", seed=0)
+    # site-2 is a multi-device site: 2 DDP ranks (gloo, CPU) inside its FLARE client, set in its site config only
+    site2 = data / "site_configs" / "site-2.json"
+    site2.write_text(json.dumps({**json.loads(site2.read_text()), "cpu_processes": 2}))
     result = run_simulator(
         REPO / "jobs" / "breast_wdbc",
         tmp_path / "ws",
@@ -123,6 +126,8 @@ def test_breast_wdbc_federated_learns_on_real_data(tmp_path):
     assert final >= MIN_WDBC_ACCURACY and final - initial >= 0.3
     cross = json.loads(result.cross_site.read_text())
     assert sorted(cross) == SITES and all("SRV_FL_global_model.pt" in cross[s] for s in SITES)
+    log = (tmp_path / "simulator.log").read_text()
+    assert "training with DistributedDataParallel on 2 x cpu" in log
 
 
 @pytest.mark.parametrize(

@@ -127,3 +127,31 @@ def test_missing_data_root_is_an_error_reply_naming_site_and_fix_without_paths(t
         executor.execute("train", global_model_task()[0], fl_context("site-1"), Signal()).get_return_code(ReturnCode.OK)
         == ReturnCode.OK
     )
+
+
+def test_site_config_cpu_processes_trains_with_ddp_and_cleans_up(tmp_path, monkeypatch):
+    """A multi-device site (here 2 gloo ranks on the CPU, as CI has no GPUs): the same reply as a one-device site,
+    steps counted at the job's batch size, and the helper rank ends with the job."""
+    config = make_site(tmp_path, n_cases=4, cpu_processes=2)
+    monkeypatch.setenv(ENV_VAR, str(config))
+    executor = OncoFLExecutor(local_epochs=2, batch_size=2)
+    executor.bind_site("site-1", tmp_path / "workspace", tmp_path / "app")
+    (tmp_path / "app").mkdir()
+    task, sent = global_model_task()
+    try:
+        result = executor.execute("train", task, fl_context("site-1"), Signal())
+        assert result.get_return_code(ReturnCode.OK) == ReturnCode.OK, result.get_header(ERROR_HEADER)
+        assert executor._group is not None and executor._group.world == 2
+        helpers = list(executor._group.procs)
+        assert all(p.is_alive() for p in helpers)  # kept between rounds
+        dxo = from_shareable(result)
+        assert all(np.isfinite(v).all() for v in dxo.data.values())
+        assert any(not np.array_equal(dxo.data[k], sent[k]) for k in sent)
+        # 3 training cases: 2 ranks x 1 batch of 2 per epoch (padded) = 2 single-process steps per epoch, 2 epochs
+        assert dxo.get_meta_prop(MetaKey.NUM_STEPS_CURRENT_ROUND) == 4
+        second = executor.execute("train", global_model_task(1)[0], fl_context("site-1"), Signal())
+        assert second.get_return_code(ReturnCode.OK) == ReturnCode.OK
+    finally:
+        executor.close()
+    assert all(not p.is_alive() for p in helpers)
+    assert not list((tmp_path / "app" / "ddp").glob("*.npy")), "the training split copy for the ranks is removed"

@@ -47,6 +47,7 @@ class SiteConfig:
     gpu_ids: tuple[int, ...] = field(default_factory=tuple)
     num_workers: int = 2
     on_unreadable_case: str = "fail"
+    cpu_processes: int = 1  # CPU-only sites: train with this many DDP (gloo) ranks; GPU sites use every gpu_ids entry
     source: Path | None = None
 
     def sensitive_strings(self) -> list[str]:
@@ -164,6 +165,10 @@ def parse_site_config(raw: object, *, site_name: str = "", source: Path | None =
     if not isinstance(num_workers, int) or isinstance(num_workers, bool) or not 0 <= num_workers <= 64:
         problems.append("'num_workers' must be an integer from 0 to 64")
         num_workers = 2
+    cpu_processes = raw.get("cpu_processes", 1)
+    if not isinstance(cpu_processes, int) or isinstance(cpu_processes, bool) or not 1 <= cpu_processes <= 64:
+        problems.append("'cpu_processes' must be an integer from 1 to 64")
+        cpu_processes = 1
     policy = raw.get("on_unreadable_case", "fail")
     if policy not in UNREADABLE_POLICIES:
         problems.append(f"'on_unreadable_case' must be one of {UNREADABLE_POLICIES}, got {policy!r}")
@@ -186,5 +191,6 @@ def parse_site_config(raw: object, *, site_name: str = "", source: Path | None =
         gpu_ids=tuple(gpu_ids),
         num_workers=num_workers,
         on_unreadable_case=policy,
+        cpu_processes=cpu_processes,
         source=source,
     )

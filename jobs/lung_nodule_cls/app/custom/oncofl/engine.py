@@ -47,6 +47,13 @@ def _autocast(device: torch.device, dtype: torch.dtype | None) -> contextlib.Abs
     return torch.autocast(device_type=device.type, dtype=dtype)
 
 
+def _world() -> tuple[int, int]:
+    """(world size, rank) of this site's process group; (1, 0) for a single-device site."""
+    if torch.distributed.is_available() and torch.distributed.is_initialized():
+        return torch.distributed.get_world_size(), torch.distributed.get_rank()
+    return 1, 0
+
+
 @dataclass
 class DeviceData:
     """A split moved to the training device once and kept there between rounds."""
@@ -69,9 +76,8 @@ class DeviceData:
     def batches(
         self, batch_size: int, order: torch.Tensor | None = None
     ) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-        n = len(self)
-        order = torch.arange(n, device=self.images.device) if order is None else order
-        for start in range(0, n, batch_size):
+        order = torch.arange(len(self), device=self.images.device) if order is None else order
+        for start in range(0, len(order), batch_size):
             idx = order[start : start + batch_size]
             yield self.images[idx], self.labels[idx]
 
@@ -134,32 +140,74 @@ class Trainer:
         batch_size: int,
         should_abort: Callable[[], bool] = lambda: False,
     ) -> RoundStats:
+        world, rank = _world()
+        if world > 1:
+            self._sync_from_rank0()  # rank 0 loaded this round's global weights
         if self.task.prepare is not None:
             self.task.prepare(self.model, data.images)
-        self.model.train()
+        model = self._ddp_model() if world > 1 else self.model
+        augment_generator = self.generator if world == 1 else self._rank_generator(rank)
+        model.train()
         steps, total = 0, 0.0
         for _ in range(epochs):
-            order = torch.randperm(len(data), generator=self.generator, device=self.device)
+            order = torch.randperm(len(data), generator=self.generator, device=self.device)  # the same on every rank
+            if world > 1:  # rank r takes positions r, r + world, ...: one shared order, equal shards (padded)
+                padded = -(-len(order) // world) * world
+                order = torch.cat([order, order[: padded - len(order)]])[rank::world]
             for images, labels in data.batches(batch_size, order):
                 if self.has_batchnorm and len(images) < 2 <= len(data):
                     continue  # a lone last sample (reshuffled next epoch): BatchNorm cannot train on one
-                if should_abort():
-                    return RoundStats(steps, total / max(steps, 1), aborted=True)
-                images, labels = self.task.augment(images, labels, self.generator)
+                if self._abort_requested(should_abort, world):
+                    return RoundStats(steps * world, total / max(steps, 1), aborted=True)
+                images, labels = self.task.augment(images, labels, augment_generator)
                 if self.channels_last:
                     images = images.contiguous(memory_format=torch.channels_last)
                 self.optimizer.zero_grad(set_to_none=True)
                 with _autocast(self.device, self.dtype):
-                    loss = self.loss_fn(self.model(images), labels)
-                self.scaler.scale(loss).backward()
+                    loss = self.loss_fn(model(images), labels)
+                self.scaler.scale(loss).backward()  # DDP averages the gradients of all ranks here
                 self.scaler.step(self.optimizer)
                 self.scaler.update()
                 steps += 1
                 total += float(loss.detach())
         mean = total / max(steps, 1)
+        if world > 1:  # the mean loss over every rank, so all ranks agree (and raise) together
+            summed = torch.tensor([mean], dtype=torch.float64, device=self._comm_device())
+            torch.distributed.all_reduce(summed)
+            mean = float(summed) / world
         if not math.isfinite(mean):
             raise FloatingPointError(f"training loss became {mean}: lower the learning rate or check the data")
-        return RoundStats(steps, mean)
+        return RoundStats(steps * world, mean)  # steps as one process would count them (batch world x B)
+
+    # -- multi-device sites (oncofl.distributed) ----------------------------------------------------------------
+    def _comm_device(self) -> torch.device:
+        return self.device if self.device.type == "cuda" else torch.device("cpu")
+
+    def _sync_from_rank0(self) -> None:
+        with torch.no_grad():
+            for tensor in self.model.state_dict().values():
+                torch.distributed.broadcast(tensor, src=0)
+
+    def _ddp_model(self) -> torch.nn.Module:
+        if getattr(self, "_ddp", None) is None:
+            from torch.nn.parallel import DistributedDataParallel
+
+            ids = [self.device.index] if self.device.type == "cuda" else None
+            self._ddp = DistributedDataParallel(self.model, device_ids=ids)
+        return self._ddp
+
+    def _rank_generator(self, rank: int) -> torch.Generator:
+        if getattr(self, "_aug_generator", None) is None:
+            self._aug_generator = torch.Generator(device=self.device)
+            self._aug_generator.manual_seed(int(self.generator.initial_seed()) + 1000 + rank)
+        return self._aug_generator
+
+    def _abort_requested(self, should_abort: Callable[[], bool], world: int) -> bool:
+        if world == 1:
+            return should_abort()
+        flag = torch.tensor([1 if should_abort() else 0], device=self._comm_device())
+        torch.distributed.broadcast(flag, src=0)  # rank 0 hears FLARE's abort; every rank stops at the same step
+        return bool(flag.item())
 
     @torch.no_grad()
     def predict(self, data: DeviceData, *, batch_size: int) -> torch.Tensor:

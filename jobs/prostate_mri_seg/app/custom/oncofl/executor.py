@@ -32,6 +32,7 @@ from nvflare.app_common.app_constant import AppConstants
 
 from .data import load_split, read_datalist
 from .datacheck import check_site
+from .distributed import SiteGroup, site_devices
 from .engine import DeviceData, Trainer, resolve_device
 from .errors import OncoFLError
 from .privacy import OutgoingGuard
@@ -86,6 +87,7 @@ class OncoFLExecutor(Executor):
         self._local_weights: dict[str, np.ndarray] | None = None
         self._guard = OutgoingGuard()
         self._tb = None
+        self._group: SiteGroup | None = None
 
     # -- lifecycle ---------------------------------------------------------------------------------------------
     def handle_event(self, event_type: str, fl_ctx: FLContext) -> None:
@@ -94,9 +96,17 @@ class OncoFLExecutor(Executor):
             self.bind_site(
                 fl_ctx.get_identity_name(), workspace.get_root_dir(), workspace.get_app_dir(fl_ctx.get_job_id())
             )
-        elif event_type == EventType.END_RUN and self._tb is not None:
+        elif event_type == EventType.END_RUN:
+            self.close()
+
+    def close(self) -> None:
+        """End the job's local resources: TensorBoard writer, helper DDP ranks."""
+        if self._tb is not None:
             self._tb.close()
             self._tb = None
+        if self._group is not None:
+            self._group.close()
+            self._group = None
 
     def bind_site(self, site: str, workspace_root: str | Path, app_dir: str | Path | None = None) -> None:
         """Who and where this executor runs (FLARE calls it at START_RUN; a local dry run may call it directly)."""
@@ -126,6 +136,19 @@ class OncoFLExecutor(Executor):
         self._train = DeviceData.from_numpy(train.images, train.labels, device)
         self._val = DeviceData.from_numpy(val.images, val.labels, device)
         self._config = config
+        devices = site_devices(config.gpu_ids, config.cpu_processes)
+        if devices:  # a multi-device site: DDP over every device, this process is rank 0
+            self._group = SiteGroup(
+                devices,
+                task=self.task,
+                learning_rate=self.learning_rate,
+                seed=self.seed,
+                network=self.network,
+                images=train.images,
+                labels=train.labels,
+                workdir=(self._app_dir or config.cache_dir) / "ddp",  # local only; removed at the end of the job
+            )
+            self.log_info(fl_ctx, f"training with DistributedDataParallel on {len(devices)} x {devices[0].type}")
         self._trainer = Trainer(
             self._spec, device, learning_rate=self.learning_rate, seed=self.seed, network=self.network
         )
@@ -173,9 +196,11 @@ class OncoFLExecutor(Executor):
         global_score = trainer.evaluate(val, batch_size=self.batch_size)  # (2) the global model on local data
 
         started = time.perf_counter()
-        stats = trainer.train(
-            train, epochs=self.local_epochs, batch_size=self.batch_size, should_abort=lambda: abort_signal.triggered
-        )
+        rounds = dict(epochs=self.local_epochs, batch_size=self.batch_size, should_abort=lambda: abort_signal.triggered)
+        if self._group is not None:  # every rank trains; this process (rank 0) ends with the averaged model
+            stats = self._group.train(trainer, train, **rounds)
+        else:
+            stats = trainer.train(train, **rounds)
         if stats.aborted:
             self.log_info(fl_ctx, f"round {current_round}: training aborted after {stats.steps} steps")
             return make_reply(ReturnCode.TASK_ABORTED)

@@ -1,0 +1,193 @@
+"""Site training speed, measured side by side in one run on one device, for each imaging task:
+
+  (a) pipeline  the project's site path: cached preprocessed cases held on the device (DeviceData), the task's
+                augmentation on whole batches, AMP / channels-last as the Trainer chooses, through Trainer.train
+  (b) ceiling   the same model, batch size and precision on one real batch already on the device: forward, loss,
+                backward, optimizer step, nothing else
+  (c) naive     a plain MONAI Dataset + DataLoader (2 workers, per-sample random flips on the CPU, pageable memory)
+                feeding the same model in fp32
+
+    python scripts/benchmark.py                              # every imaging task, synthetic CI-size data
+    python scripts/benchmark.py --tasks prostate_seg --repeats 9 --data data/synthetic --device cuda
+
+Each measurement: warm-up runs, then the median of ``--repeats`` timed runs, the device synchronized around each.
+Prints samples/s, (a)/(b), (a)/(c) and the peak device memory of (a). Results: docs/benchmarks.md (card named).
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path[:0] = [str(REPO / "custom"), str(REPO)]
+
+import numpy as np  # noqa: E402
+import torch  # noqa: E402
+
+from oncofl.data import load_split, read_datalist  # noqa: E402
+from oncofl.engine import DeviceData, Trainer, _autocast  # noqa: E402
+from oncofl.site_config import load_site_config  # noqa: E402
+from oncofl.tasks import get_task  # noqa: E402
+from scripts.run_simulator import TASK_DATA, executor_args  # noqa: E402
+
+JOBS = {
+    "prostate_seg": "prostate_mri_seg",
+    "breast_mammo_cls": "breast_mammo_cls",
+    "lung_nodule_cls": "lung_nodule_cls",
+}
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def _median_rate(run, samples: int, device: torch.device, warmup: int, repeats: int) -> float:
+    """Samples per second: the median over ``repeats`` timed calls of ``run`` after ``warmup`` untimed ones."""
+    for _ in range(warmup):
+        run()
+    _sync(device)
+    rates = []
+    for _ in range(repeats):
+        _sync(device)
+        start = time.perf_counter()
+        run()
+        _sync(device)
+        rates.append(samples / (time.perf_counter() - start))
+    return statistics.median(rates)
+
+
+def site_data(task: str, data_root: Path | None, site: str = "site-1"):
+    """The training split of one site, through the site's cache (made on the first call)."""
+    folder, generate = TASK_DATA[task]
+    root = Path(data_root) if data_root else Path(tempfile.gettempdir()) / "oncofl_benchmark" / folder
+    if not (root / "site_configs").is_dir():
+        generate(root, seed=0)
+    config = load_site_config(root / "site_configs" / f"{site}.json", site_name=site)
+    return config
+
+
+def benchmark_task(task: str, device: torch.device, *, data_root, warmup: int, repeats: int, steps: int) -> dict:
+    spec = get_task(task)
+    args = executor_args(REPO / "jobs" / JOBS[task])
+    batch, network, lr = args.get("batch_size", 4), args.get("network"), args.get("learning_rate", 1e-3)
+    config = site_data(task, data_root)
+    split = load_split(read_datalist(config)["training"], spec, spec.params(args.get("preprocess")), config)
+    n = len(split.images)
+
+    # (a) the site pipeline: one "epoch" of exactly `steps` batches drawn from the site's cases (cycled if few)
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
+    trainer = Trainer(spec, device, learning_rate=lr, seed=0, network=network)
+    pick = np.arange(steps * batch) % n
+    data = DeviceData.from_numpy(split.images[pick], split.labels[pick], device)
+    samples = len(pick)
+    pipeline = _median_rate(lambda: trainer.train(data, epochs=1, batch_size=batch), samples, device, warmup, repeats)
+    peak = torch.cuda.max_memory_allocated(device) / 2**30 if device.type == "cuda" else float("nan")
+
+    # (b) the ceiling: the same model/precision/memory format on one real batch resident on the device
+    model, optimizer, loss_fn = trainer.model, trainer.optimizer, trainer.loss_fn
+    x, y = data.images[:batch].clone(), data.labels[:batch].clone()
+    if trainer.channels_last:
+        x = x.contiguous(memory_format=torch.channels_last)
+
+    def compute_only():
+        for _ in range(steps):
+            optimizer.zero_grad(set_to_none=True)
+            with _autocast(device, trainer.dtype):
+                loss = loss_fn(model(x), y)
+            trainer.scaler.scale(loss).backward()
+            trainer.scaler.step(optimizer)
+            trainer.scaler.update()
+
+    ceiling = _median_rate(compute_only, steps * len(x), device, warmup, repeats)
+
+    # (c) naive: MONAI Dataset + DataLoader, per-sample CPU augmentation, fp32, a fresh copy of the model
+    from monai.data import DataLoader, Dataset
+    from monai.transforms import Compose, RandFlipd
+
+    spatial = split.images.ndim - 2
+    flips = Compose(
+        [
+            RandFlipd(keys=["image", "label"] if task == "prostate_seg" else ["image"], prob=0.5, spatial_axis=a)
+            for a in range(spatial)
+        ]
+    )
+    items = [{"image": split.images[i], "label": split.labels[i]} for i in pick]
+    loader = DataLoader(
+        Dataset(items, transform=flips), batch_size=batch, shuffle=True, num_workers=2, persistent_workers=True
+    )
+    naive_model = spec.build_network(**(network or {})).to(device)
+    naive_opt = torch.optim.Adam(naive_model.parameters(), lr=lr)
+    naive_loss = spec.make_loss()
+
+    def naive_epochs():
+        naive_model.train()
+        for item in loader:
+            images = torch.as_tensor(item["image"]).to(device)
+            labels = torch.as_tensor(item["label"]).to(device).long()
+            naive_opt.zero_grad(set_to_none=True)
+            naive_loss(naive_model(images), labels).backward()
+            naive_opt.step()
+
+    naive = _median_rate(naive_epochs, samples, device, warmup, repeats)
+    return {
+        "task": task,
+        "batch": batch,
+        "cases": n,
+        "pipeline": pipeline,
+        "ceiling": ceiling,
+        "naive": naive,
+        "peak_gib": peak,
+        "precision": str(trainer.dtype).replace("torch.", "") if trainer.dtype else "fp32",
+    }
+
+
+def table(rows: list[dict], device_name: str) -> str:
+    lines = [
+        f"device: {device_name}",
+        f"{'task':18} {'batch':>5} {'prec':>8} {'(a) pipeline':>13} {'(b) ceiling':>12} {'(c) naive':>10} "
+        f"{'a/b':>6} {'a/c':>6} {'peak GiB':>9}",
+    ]
+    for r in rows:
+        lines.append(
+            f"{r['task']:18} {r['batch']:>5} {r['precision']:>8} {r['pipeline']:>13.1f} {r['ceiling']:>12.1f} "
+            f"{r['naive']:>10.1f} {r['pipeline'] / r['ceiling']:>6.2f} {r['pipeline'] / r['naive']:>6.2f} "
+            f"{r['peak_gib']:>9.2f}"
+        )
+    lines.append("samples/s, medians; (a) site pipeline, (b) compute-only ceiling, (c) naive MONAI DataLoader fp32")
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--tasks", nargs="+", default=list(JOBS), choices=list(JOBS))
+    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    parser.add_argument("--data", default=None, help="data folder of the task (one task only); made if absent")
+    parser.add_argument("--steps", type=int, default=20, help="training steps per timed run (about)")
+    parser.add_argument("--warmup", type=int, default=2)
+    parser.add_argument("--repeats", type=int, default=5)
+    args = parser.parse_args(argv)
+    if args.data and len(args.tasks) > 1:
+        parser.error("--data goes with one --tasks entry")
+    device = torch.device(args.device)
+    name = torch.cuda.get_device_name(device) if device.type == "cuda" else f"CPU ({torch.get_num_threads()} threads)"
+    rows = []
+    for task in args.tasks:
+        rows.append(
+            benchmark_task(
+                task, device, data_root=args.data, warmup=args.warmup, repeats=args.repeats, steps=args.steps
+            )
+        )
+        print(f"{task}: done", flush=True)
+    print(table(rows, name))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
