@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import inspect
+import json
 import shutil
 import sys
 from collections.abc import Callable
@@ -18,6 +19,7 @@ from typing import Any
 
 REPO = Path(__file__).resolve().parents[1]
 PACKAGE = REPO / "custom" / "oncofl"
+TASK_REQUEST_INTERVAL = 0.5  # seconds; see export()
 sys.path.insert(0, str(REPO / "custom"))
 
 from nvflare.apis.dxo import DataKind  # noqa: E402
@@ -116,6 +118,12 @@ def export(job: FedJob, out_dir: str | Path) -> Path:
     if job_dir.exists():
         shutil.rmtree(job_dir)
     job.export_job(str(out_dir))
+    server_config = job_dir / "app" / "config" / "config_fed_server.json"
+    config = json.loads(server_config.read_text())
+    # how long a client waits after handing in a result before asking for its next task (FLARE's default: 2 s, paid
+    # every round and every cross-site task; scripts/fl_overhead.py measures it)
+    config["server"] = {"task_request_interval": TASK_REQUEST_INTERVAL}
+    server_config.write_text(json.dumps(config, indent=4) + "\n")
     shutil.copytree(
         PACKAGE, job_dir / "app" / "custom" / "oncofl", ignore=shutil.ignore_patterns("__pycache__", "*.pyc")
     )
