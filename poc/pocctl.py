@@ -200,16 +200,7 @@ class Poc:
 
     def start_site(self, site: str) -> None:
         """Start one participant from its kit, as the site's IT person would (``startup/start.sh``)."""
-        log = open(self.kit(site) / "console.log", "a")
-        subprocess.Popen(
-            ["bash", str(self.kit(site) / "startup" / "start.sh")],
-            env=self.env,
-            stdout=log,
-            stderr=subprocess.STDOUT,
-            stdin=subprocess.DEVNULL,
-            start_new_session=True,
-        )
-        log.close()
+        start_kit(self.kit(site), self.env)
 
     def kill(self, name: str, keep_daemon: bool = False) -> list[int]:
         """Kill one participant hard, as a power cut would: daemon loop, FLARE process and its job processes.
@@ -540,6 +531,19 @@ class Poc:
         finally:
             sess.close()
         return Path(location)
+
+
+def start_kit(kit: Path, env: dict[str, str]) -> None:
+    """Run a kit's ``startup/start.sh`` in its own session, its output appended to ``<kit>/console.log``."""
+    with open(kit / "console.log", "a") as log:
+        subprocess.Popen(
+            ["bash", str(kit / "startup" / "start.sh")],
+            env=env,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+            start_new_session=True,
+        )
 
 
 def _proc(pid: int) -> psutil.Process | None:

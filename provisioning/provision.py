@@ -89,10 +89,6 @@ class Consortium(Poc):
     def state(self) -> Path:
         return self.flare_ws / self.project_name / "state"
 
-    @property
-    def prod(self) -> Path:
-        return self.flare_ws / self.project_name / "prod_00"
-
     def kit(self, name: str) -> Path:
         """A participant's kit as first issued (an added site's kit is in a later ``prod_NN``)."""
         for prod in sorted((self.flare_ws / self.project_name).glob("prod_*")):

@@ -43,6 +43,12 @@ def _kit_name(kit: Path) -> str:
     return config["client"]["fqsn"]
 
 
+def _resources_file(local: Path) -> Path:
+    """The resources FLARE reads: ``resources.json`` if the site has one, else the provisioned default."""
+    path = local / "resources.json"
+    return path if path.is_file() else local / "resources.json.default"
+
+
 def visible_gpus() -> int:
     try:
         import torch
@@ -90,10 +96,7 @@ def configure(
     parse_site_config(config, site_name=site, source=path)  # refuse a bad config before writing it
     path.write_text(json.dumps(config, indent=2) + "\n")
 
-    resources_path = kit / "local" / "resources.json"
-    if not resources_path.is_file():
-        resources_path = kit / "local" / "resources.json.default"
-    resources = json.loads(resources_path.read_text())
+    resources = json.loads(_resources_file(kit / "local").read_text())
     for component in resources.get("components", []):
         if component.get("id") == "resource_manager":
             component["args"]["num_of_gpus"] = len(gpu_ids)
@@ -130,7 +133,7 @@ def check_signatures(startup: Path) -> list[str]:
             )
         except (InvalidSignature, ValueError):
             bad.append(f"{name} (changed since provisioning)")
-    bad += [f"{name} (missing)" for name in sorted(set(signatures) - set(files)) if "." in name]
+    bad += [f"{name} (missing)" for name in sorted(set(signatures) - set(files)) if not (startup / name).is_dir()]
     return bad
 
 
@@ -209,11 +212,7 @@ def preflight(kit: Path, connect: bool = False, decode: bool = False) -> list[tu
         report = check_site(config, decode=decode)
         problems = [f"{len(report.problems)} unreadable case(s): `scripts/check_site_data.py` lists them with the fix"]
         row("site data", [] if report.ok else problems, f"cases {report.summary()['cases']}")
-    resources = json.loads(
-        (
-            (local / "resources.json") if (local / "resources.json").is_file() else local / "resources.json.default"
-        ).read_text()
-    )
+    resources = json.loads(_resources_file(local).read_text())
     manager = next((c["args"] for c in resources.get("components", []) if c.get("id") == "resource_manager"), {})
     promised, available = int(manager.get("num_of_gpus", 0)), visible_gpus()
     gpu_problems = []

@@ -54,21 +54,38 @@ def poc(tmp_path, synthetic_data):
     instance = Poc(tmp_path / "poc", port=free_port(), env_overrides={"HOME": str(tmp_path / "home")})
     instance.prepare(data=data)
     instance.start()
-    seen: set[int] = set()
     try:
         yield instance
     finally:
-        seen.update(pid for pids in instance.running_pids().values() for pid in pids)
-        forced = instance.stop()
-        time.sleep(1)
-        leftovers = [p.pid for p in processes_under(instance.root)] + [p for p in seen if psutil.pid_exists(p)]
-        for pid in leftovers:  # never leave anything behind, but fail the test
-            try:
-                psutil.Process(pid).kill()
-            except psutil.Error:
-                pass
-        assert not leftovers, f"POC processes still alive after stop: {leftovers}"
-        assert not forced, f"stop had to kill {forced}: FLARE's shutdown and the kits' local stop both failed"
+        stop_and_check(instance, instance.root)
+
+
+def kill_processes(procs: list[psutil.Process]) -> None:
+    for proc in procs:
+        try:
+            proc.kill()
+        except psutil.Error:
+            pass
+    psutil.wait_procs(procs, timeout=20)
+
+
+def stop_and_check(instance, root) -> None:
+    """Stop a running deployment and assert that no process it started (or anything naming ``root``) survives;
+    leftovers are killed, never left behind, but the test fails."""
+    seen = {pid for pids in instance.running_pids().values() for pid in pids}
+    forced = instance.stop()
+    time.sleep(1)
+    leftovers = [p.pid for p in processes_under(root)] + [p for p in seen if psutil.pid_exists(p)]
+    kill_processes([p for p in map(_proc_or_none, leftovers) if p])
+    assert not leftovers, f"processes still alive after stop: {leftovers}"
+    assert not forced, f"stop had to kill {forced}: FLARE's shutdown and the kits' local stop both failed"
+
+
+def _proc_or_none(pid: int) -> psutil.Process | None:
+    try:
+        return psutil.Process(pid)
+    except psutil.Error:
+        return None
 
 
 def small_job(tmp_path, num_rounds=2, local_epochs=2, dropout_timeout=30):

@@ -12,18 +12,16 @@ import re
 import shutil
 import subprocess
 import time
-from pathlib import Path
 
-import psutil
 import pytest
 import torch
 
 from oncofl.evaluation import holdout_metric
-from poc.pocctl import JobResults
+from poc.pocctl import JobResults, start_kit
 from provisioning.provision import Consortium
 from provisioning.site_setup import configure
 from tests.conftest import REPO
-from tests.e2e.test_poc import free_port, processes_under
+from tests.e2e.test_poc import free_port, kill_processes, processes_under, stop_and_check
 from tests.e2e.test_simulator import identifiers
 
 pytestmark = pytest.mark.slow
@@ -47,21 +45,10 @@ def consortium(tmp_path_factory, synthetic_data):
     instance.provision(rehearse=True)
     instance.configure_for_rehearsal(data, sites=SITES)  # what each hospital's IT does with site_setup.py
     instance.start(only=[instance.server_name, *SITES])
-    seen: set[int] = set()
     try:
         yield instance
     finally:
-        seen.update(pid for pids in instance.running_pids().values() for pid in pids)
-        forced = instance.stop()
-        time.sleep(1)
-        leftovers = [p.pid for p in processes_under(root)] + [p for p in seen if psutil.pid_exists(p)]
-        for pid in leftovers:
-            try:
-                psutil.Process(pid).kill()
-            except psutil.Error:
-                pass
-        assert not leftovers, f"processes still alive after stop: {leftovers}"
-        assert not forced, f"stop had to kill {forced}"
+        stop_and_check(instance, root)
 
 
 def test_flare_refuses_to_start_a_tampered_kit(tmp_path, synthetic_data):
@@ -150,28 +137,6 @@ def test_job_naming_a_scope_the_sites_do_not_define_is_refused_by_them(consortiu
     assert not any((consortium.kit(site) / job_id / "log.txt").exists() for site in SITES)  # nothing ran
 
 
-def start_kit(kit: Path, env: dict) -> None:
-    with open(kit / "console.log", "a") as log:
-        subprocess.Popen(
-            ["bash", str(kit / "startup" / "start.sh")],
-            env=env,
-            stdout=log,
-            stderr=subprocess.STDOUT,
-            stdin=subprocess.DEVNULL,
-            start_new_session=True,
-        )
-
-
-def kill_kit(kit: Path) -> None:
-    procs = [p for p in processes_under(kit)]
-    for proc in procs:
-        try:
-            proc.kill()
-        except psutil.Error:
-            pass
-    psutil.wait_procs(procs, timeout=20)
-
-
 def test_clients_with_certificates_from_another_provisioning_cannot_join(consortium, tmp_path):
     """A kit from another consortium (its own root CA), and an impostor that also holds our public rootCA.pem (so it
     trusts our server) but not a certificate our CA issued: neither gets in; our own hospitals stay connected."""
@@ -196,8 +161,7 @@ def test_clients_with_certificates_from_another_provisioning_cannot_join(consort
         pristine_log = (pristine / "log.txt").read_text(errors="replace")
         assert "CERTIFICATE_VERIFY_FAILED" in pristine_log
     finally:
-        kill_kit(pristine)
-        kill_kit(impostor)
+        kill_processes(processes_under(pristine) + processes_under(impostor))
     server_log = (consortium.kit(consortium.server_name) / "log.txt").read_text(errors="replace")
     assert "hospital-c" not in server_log
 

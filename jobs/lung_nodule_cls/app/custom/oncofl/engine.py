@@ -114,6 +114,8 @@ class Trainer:
         self.scaler = torch.amp.GradScaler("cuda", enabled=self.dtype == torch.float16)
         self.generator = torch.Generator(device=device)
         self.generator.manual_seed(seed)
+        self._ddp: torch.nn.Module | None = None  # multi-device sites: built at the first distributed round
+        self._aug_generator: torch.Generator | None = None
         if device.type == "cuda":
             torch.backends.cudnn.benchmark = True
 
@@ -189,7 +191,7 @@ class Trainer:
                 torch.distributed.broadcast(tensor, src=0)
 
     def _ddp_model(self) -> torch.nn.Module:
-        if getattr(self, "_ddp", None) is None:
+        if self._ddp is None:
             from torch.nn.parallel import DistributedDataParallel
 
             ids = [self.device.index] if self.device.type == "cuda" else None
@@ -197,7 +199,7 @@ class Trainer:
         return self._ddp
 
     def _rank_generator(self, rank: int) -> torch.Generator:
-        if getattr(self, "_aug_generator", None) is None:
+        if self._aug_generator is None:
             self._aug_generator = torch.Generator(device=self.device)
             self._aug_generator.manual_seed(int(self.generator.initial_seed()) + 1000 + rank)
         return self._aug_generator
