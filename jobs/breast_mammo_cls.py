@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import sys
 from pathlib import Path
+from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
@@ -31,6 +32,7 @@ def export(
     learning_rate: float = 1e-3,
     image_size: int = 512,
     small_network: bool = False,
+    **options: Any,
 ) -> Path:
     """Write ``<out_dir>/breast_mammo_cls/`` and return it."""
     job = build_fedavg_job(
@@ -43,6 +45,7 @@ def export(
         learning_rate=learning_rate,
         preprocess={"image_size": image_size},
         network=SMALL_NETWORK if small_network else None,
+        **options,
     )
     return export_job(job, out_dir)
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import sys
 from pathlib import Path
+from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
@@ -27,6 +28,7 @@ def export(
     local_epochs: int = 3,
     batch_size: int = 8,
     learning_rate: float = 1e-3,
+    **options: Any,
 ) -> Path:
     """Write ``<out_dir>/lung_nodule_cls/`` and return it."""
     job = build_fedavg_job(
@@ -37,6 +39,7 @@ def export(
         local_epochs=local_epochs,
         batch_size=batch_size,
         learning_rate=learning_rate,
+        **options,
     )
     return export_job(job, out_dir)
 

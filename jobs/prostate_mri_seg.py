@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import sys
 from pathlib import Path
+from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
@@ -31,6 +32,7 @@ def export(
     learning_rate: float = 2e-3,
     spacing_policy: str = "refuse",
     dropout_timeout: int = 600,
+    **options: Any,
 ) -> Path:
     """Write ``<out_dir>/prostate_mri_seg/`` and return it. ``dropout_timeout``: seconds cross-site evaluation waits
     for a site that dropped out (its model, then its scores) before finishing with the others."""
@@ -47,6 +49,7 @@ def export(
         preprocess={"spacing_policy": spacing_policy},  # a series with a gap: "refuse" it or "resample" it
         submit_model_timeout=dropout_timeout,
         validation_timeout=3 * dropout_timeout,
+        **options,
     )
     return export_job(job, out_dir)
 

@@ -71,6 +71,7 @@ class Poc:
     root: Path = REPO / "poc" / "workspace"
     port: int = DEFAULT_PORT
     env_overrides: dict[str, str] = field(default_factory=dict)
+    he: bool = False  # kits with CKKS contexts (FLARE's HEBuilder) for homomorphic-encryption jobs
 
     # who is who in this deployment (a provisioned consortium overrides them)
     project_name = PROJECT
@@ -130,6 +131,9 @@ class Poc:
         self.root.mkdir(parents=True, exist_ok=True)
         text = PROJECT_FILE.read_text()
         text = re.sub(r"(fed_learn_port|admin_port): \d+", rf"\g<1>: {self.port}", text)
+        if self.he:  # before the signature builder, which then signs the context files too
+            signature = "  - path: nvflare.lighter.impl.signature.SignatureBuilder"
+            text = text.replace(signature, "  - path: nvflare.lighter.impl.he.HEBuilder\n" + signature)
         project = self.root / "project.yml"
         project.write_text(text)
         self._nvflare("poc", "prepare", "-i", str(project), "--force")
@@ -634,6 +638,7 @@ def main(argv: list[str] | None = None) -> int:
     p = sub.add_parser("prepare")
     p.add_argument("--gpus", nargs="*", default=[], help="bind hospitals to GPUs: hospital-a=0 hospital-b=1,2")
     p.add_argument("--data", default=None, help="existing synthetic data folder (default: <root>/data, made)")
+    p.add_argument("--he", action="store_true", help="provision CKKS contexts for homomorphic-encryption jobs")
     sub.add_parser("start")
     sub.add_parser("status")
     p = sub.add_parser("submit")
@@ -653,7 +658,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--timeout", type=float, default=1800)
     args = parser.parse_args(argv)
 
-    poc = Poc(Path(args.root), port=args.port)
+    poc = Poc(Path(args.root), port=args.port, he=getattr(args, "he", False))
     if args.cmd == "prepare":
         gpus = {}
         for item in args.gpus:

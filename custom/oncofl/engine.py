@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import copy
 import math
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -11,6 +12,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from .algorithms import DPSettings, PrivacyLedger
 from .errors import SiteConfigError
 from .tasks import TaskSpec
 
@@ -52,6 +54,14 @@ def _world() -> tuple[int, int]:
     if torch.distributed.is_available() and torch.distributed.is_initialized():
         return torch.distributed.get_world_size(), torch.distributed.get_rank()
     return 1, 0
+
+
+def _as_shape(value: Any, shape: tuple[int, ...]) -> Any:
+    """A flat vector of the right size takes the tensor's shape (FLARE's HE decryptor returns flat vectors)."""
+    array = np.asarray(value)
+    if array.ndim == 1 and array.shape != shape and array.size == int(np.prod(shape)):
+        return array.reshape(shape)
+    return value
 
 
 @dataclass
@@ -100,8 +110,12 @@ class Trainer:
         learning_rate: float,
         seed: int,
         network: dict[str, Any] | None = None,
+        proximal_mu: float = 0.0,
     ) -> None:
+        if proximal_mu < 0:
+            raise ValueError(f"proximal_mu must be >= 0, got {proximal_mu}")
         self.task = task
+        self.proximal_mu = proximal_mu  # FedProx: mu/2 ||w - w_global||^2 added to the local loss
         self.device = device
         self.channels_last = task.channels_last and device.type == "cuda"
         self.model = task.build_network(**(network or {})).to(device)
@@ -116,12 +130,41 @@ class Trainer:
         self.generator.manual_seed(seed)
         self._ddp: torch.nn.Module | None = None  # multi-device sites: built at the first distributed round
         self._aug_generator: torch.Generator | None = None
+        self._scaffold = None  # SCAFFOLD: FLARE's PTScaffoldHelper, made at the first SCAFFOLD round
+        self.scaffold_delta: dict[str, np.ndarray] | None = None  # this round's control update, to send
+        self.privacy: PrivacyLedger | None = None  # DP-SGD: set by enable_dp()
+        self._dp_model: torch.nn.Module | None = None
         if device.type == "cuda":
             torch.backends.cudnn.benchmark = True
 
-    def load_state(self, weights: dict[str, np.ndarray]) -> None:
-        """Load global weights; names and shapes must match this task's network exactly."""
+    def enable_dp(self, settings: DPSettings, n_samples: int, batch_size: int, epochs_per_round: int) -> None:
+        """Train with sample-level DP-SGD (Opacus) from now on; the ledger accounts every noisy step."""
+        from opacus import GradSampleModule
+        from opacus.optimizers import DPOptimizer
+
+        if self.has_batchnorm:
+            raise ValueError(
+                f"the '{self.task.name}' network has BatchNorm, which mixes samples and breaks per-sample DP: "
+                "use a network with GroupNorm/InstanceNorm for DP-SGD"
+            )
+        self.privacy = PrivacyLedger(settings, n_samples, batch_size, epochs_per_round)
+        self._dp_model = GradSampleModule(self.model)  # hooks on self.model's layers; state-dict names unchanged
+        self.optimizer = DPOptimizer(
+            self.optimizer,
+            noise_multiplier=self.privacy.noise_multiplier,
+            max_grad_norm=settings.max_grad_norm,
+            expected_batch_size=batch_size,
+        )
+        self.dtype = None  # full precision: per-sample clipping on fp32 gradients
+        self.scaler = torch.amp.GradScaler("cuda", enabled=False)
+
+    def load_state(self, weights: dict[str, np.ndarray], local: dict[str, np.ndarray] | None = None) -> None:
+        """Load global weights; names and shapes must match this task's network exactly. ``local`` (FedBN: this
+        site's own normalization state) overrides those tensors, which the global weights may lack."""
         own = self.model.state_dict()
+        if local:
+            weights = {**weights, **local}
+        weights = self.shaped(weights)
         missing, unexpected = sorted(set(own) - set(weights)), sorted(set(weights) - set(own))
         bad_shape = [k for k in own if k in weights and tuple(np.shape(weights[k])) != tuple(own[k].shape)]
         if missing or unexpected or bad_shape:
@@ -131,8 +174,16 @@ class Trainer:
             )
         self.model.load_state_dict({k: torch.as_tensor(np.asarray(v)) for k, v in weights.items()})
 
+    def shaped(self, weights: dict[str, Any]) -> dict[str, Any]:
+        """``weights`` with flat vectors of the right size reshaped to the network's tensors (FLARE's HE decryptor
+        hands out flat vectors)."""
+        own = self.model.state_dict()
+        return {k: _as_shape(v, tuple(own[k].shape)) if k in own else v for k, v in weights.items()}
+
     def state(self) -> dict[str, np.ndarray]:
-        return {k: v.detach().cpu().numpy() for k, v in self.model.state_dict().items()}
+        """A copy of the model's weights (on the CPU, ``.numpy()`` would share memory with the live model, and the
+        next ``load_state`` -- e.g. a cross-site ``validate`` -- would silently change what was kept)."""
+        return {k: v.detach().cpu().numpy().copy() for k, v in self.model.state_dict().items()}
 
     def train(
         self,
@@ -141,37 +192,58 @@ class Trainer:
         epochs: int,
         batch_size: int,
         should_abort: Callable[[], bool] = lambda: False,
+        scaffold_controls: dict[str, np.ndarray] | None = None,
     ) -> RoundStats:
+        """``epochs`` local epochs. ``scaffold_controls``: the server's SCAFFOLD control variates (SCAFFOLD rounds);
+        the control update to send back is left in :attr:`scaffold_delta`."""
         world, rank = _world()
         if world > 1:
+            if scaffold_controls is not None or self.privacy is not None:
+                raise ValueError("SCAFFOLD and DP-SGD run on one device per site; this site is configured with several")
             self._sync_from_rank0()  # rank 0 loaded this round's global weights
-        if self.task.prepare is not None:
+        if self.task.prepare is not None and self.privacy is None:  # under DP nothing is computed outside DP-SGD
             self.task.prepare(self.model, data.images)
-        model = self._ddp_model() if world > 1 else self.model
+        reference = None  # the global model of this round, for FedProx's penalty and SCAFFOLD's control update
+        if self.proximal_mu > 0 or scaffold_controls is not None:
+            reference = copy.deepcopy(self.model).eval().requires_grad_(False)
+        prox = None
+        if self.proximal_mu > 0:
+            from nvflare.app_opt.pt.fedproxloss import PTFedProxLoss
+
+            prox = PTFedProxLoss(mu=self.proximal_mu)
+        controls = self._start_scaffold(scaffold_controls) if scaffold_controls is not None else None
+        model = self._ddp_model() if world > 1 else (self._dp_model or self.model)
         augment_generator = self.generator if world == 1 else self._rank_generator(rank)
         model.train()
         steps, total = 0, 0.0
         for _ in range(epochs):
-            order = torch.randperm(len(data), generator=self.generator, device=self.device)  # the same on every rank
-            if world > 1:  # rank r takes positions r, r + world, ...: one shared order, equal shards (padded)
-                padded = -(-len(order) // world) * world
-                order = torch.cat([order, order[: padded - len(order)]])[rank::world]
-            for images, labels in data.batches(batch_size, order):
+            for images, labels in self._epoch_batches(data, batch_size, world, rank):
                 if self.has_batchnorm and len(images) < 2 <= len(data):
                     continue  # a lone last sample (reshuffled next epoch): BatchNorm cannot train on one
                 if self._abort_requested(should_abort, world):
                     return RoundStats(steps * world, total / max(steps, 1), aborted=True)
+                if self.privacy is not None:
+                    self.privacy.step()  # every Poisson-sampled step is accounted, even an empty one
+                    if len(images) == 0:
+                        continue
                 images, labels = self.task.augment(images, labels, augment_generator)
                 if self.channels_last:
                     images = images.contiguous(memory_format=torch.channels_last)
                 self.optimizer.zero_grad(set_to_none=True)
                 with _autocast(self.device, self.dtype):
                     loss = self.loss_fn(model(images), labels)
+                total += float(loss.detach())
+                if prox is not None:
+                    loss = loss + prox(self.model, reference)
                 self.scaler.scale(loss).backward()  # DDP averages the gradients of all ranks here
                 self.scaler.step(self.optimizer)
                 self.scaler.update()
+                if controls is not None:
+                    self._scaffold.model_update(self.model, self._lr(), *controls)
                 steps += 1
-                total += float(loss.detach())
+        if controls is not None and steps:
+            self._scaffold.terms_update(self.model, self._lr(), *controls, reference)
+            self.scaffold_delta = {k: np.asarray(v) for k, v in self._scaffold.get_delta_controls().items()}
         mean = total / max(steps, 1)
         if world > 1:  # the mean loss over every rank, so all ranks agree (and raise) together
             summed = torch.tensor([mean], dtype=torch.float64, device=self._comm_device())
@@ -180,6 +252,33 @@ class Trainer:
         if not math.isfinite(mean):
             raise FloatingPointError(f"training loss became {mean}: lower the learning rate or check the data")
         return RoundStats(steps * world, mean)  # steps as one process would count them (batch world x B)
+
+    def _epoch_batches(
+        self, data: DeviceData, batch_size: int, world: int, rank: int
+    ) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        if self.privacy is not None:  # DP-SGD: Poisson sampling, each case in each step with probability q
+            for _ in range(self.privacy.steps_per_epoch):
+                mask = torch.rand(len(data), generator=self.generator, device=self.device) < self.privacy.sample_rate
+                idx = mask.nonzero().view(-1)
+                yield data.images[idx], data.labels[idx]
+            return
+        order = torch.randperm(len(data), generator=self.generator, device=self.device)  # the same on every rank
+        if world > 1:  # rank r takes positions r, r + world, ...: one shared order, equal shards (padded)
+            padded = -(-len(order) // world) * world
+            order = torch.cat([order, order[: padded - len(order)]])[rank::world]
+        yield from data.batches(batch_size, order)
+
+    def _lr(self) -> float:
+        return float(self.optimizer.param_groups[0]["lr"])
+
+    def _start_scaffold(self, controls: dict[str, np.ndarray]) -> tuple[dict, dict]:
+        from nvflare.app_opt.pt.scaffold import PTScaffoldHelper
+
+        if self._scaffold is None:
+            self._scaffold = PTScaffoldHelper()
+            self._scaffold.init(self.model)
+        self._scaffold.load_global_controls(controls)
+        return self._scaffold.get_params()
 
     # -- multi-device sites (oncofl.distributed) ----------------------------------------------------------------
     def _comm_device(self) -> torch.device:

@@ -25,6 +25,7 @@ import numpy as np
 import pydicom
 from pydicom.dataset import FileMetaDataset
 from pydicom.uid import CTImageStorage, ExplicitVRLittleEndian, MRImageStorage, generate_uid
+from pydicom.valuerep import format_number_as_ds
 from scipy.ndimage import gaussian_filter
 
 FOV_MM = 160.0  # in-plane field of view, as a prostate T2 protocol
@@ -198,25 +199,36 @@ def write_dicom_series(
         ds.StudyID = "1"
         ds.AccessionNumber = ""
         ds.ReferringPhysicianName = ""
+        ds.PositionReferenceIndicator = ""
         if profile.modality == "MR":
+            ds.ImageType = ["ORIGINAL", "PRIMARY", "M", "ND"]
             ds.SeriesDescription = "t2_tse_tra (synthetic)"
             ds.BodyPartExamined = "PROSTATE"
+            ds.PatientPosition = "FFS"
             ds.ScanningSequence = "SE"
             ds.SequenceVariant = "SK"
+            ds.ScanOptions = ""
             ds.MRAcquisitionType = "2D"
             ds.MagneticFieldStrength = 3
+            ds.RepetitionTime = "4000"
+            ds.EchoTime = "100"
+            ds.EchoTrainLength = 16
         else:
+            ds.ImageType = ["ORIGINAL", "PRIMARY", "AXIAL"]
             ds.SeriesDescription = "chest ct (synthetic)"
             ds.BodyPartExamined = "CHEST"
+            ds.PatientPosition = "HFS"
             ds.KVP = 120
+            ds.ConvolutionKernel = CT_KERNELS.get(profile.manufacturer, "STANDARD")
         ds.SeriesNumber = 1
         ds.InstanceNumber = k + 1
         ds.ImageOrientationPatient = [1, 0, 0, 0, 1, 0]
-        ds.ImagePositionPatient = [float(v) for v in origin_lps + np.array([0, 0, k * profile.slice_thickness])]
-        ds.SliceLocation = float(ds.ImagePositionPatient[2])
-        ds.SliceThickness = profile.slice_thickness
-        ds.SpacingBetweenSlices = profile.slice_thickness
-        ds.PixelSpacing = [profile.pixel_spacing, profile.pixel_spacing]
+        position = origin_lps + np.array([0, 0, k * profile.slice_thickness])
+        ds.ImagePositionPatient = [_ds(v) for v in position]  # DS values: at most 16 characters each
+        ds.SliceLocation = _ds(position[2])
+        ds.SliceThickness = _ds(profile.slice_thickness)
+        ds.SpacingBetweenSlices = _ds(profile.slice_thickness)
+        ds.PixelSpacing = [_ds(profile.pixel_spacing), _ds(profile.pixel_spacing)]
         ds.Rows, ds.Columns = signal.shape[1], signal.shape[0]
         ds.SamplesPerPixel = 1
         ds.PhotometricInterpretation = "MONOCHROME2"
@@ -224,11 +236,21 @@ def write_dicom_series(
         ds.BitsStored = 12
         ds.HighBit = 11
         ds.PixelRepresentation = 0
-        ds.RescaleSlope = profile.rescale_slope
-        ds.RescaleIntercept = profile.rescale_intercept
-        ds.RescaleType = "US"
+        ds.RescaleSlope = _ds(profile.rescale_slope)
+        ds.RescaleIntercept = _ds(profile.rescale_intercept)
+        if profile.modality == "CT":
+            ds.RescaleType = "HU"
         ds.PixelData = np.ascontiguousarray(stored[:, :, k].T).tobytes()  # [x, y] -> rows x columns
         ds.save_as(folder / f"IM_{k:04d}.dcm", enforce_file_format=True)
+
+
+# reconstruction kernel named in CT headers, by manufacturer (sharper kernels are the noisier sites)
+CT_KERNELS = {"SIEMENS": "Br40", "GE MEDICAL SYSTEMS": "STANDARD", "TOSHIBA": "FC52"}
+
+
+def _ds(value: float) -> str:
+    """A decimal string (DS) value that fits DICOM's 16 characters."""
+    return format_number_as_ds(float(value))
 
 
 def write_site(

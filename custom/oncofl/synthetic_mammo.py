@@ -20,6 +20,7 @@ import pydicom
 from pydicom.dataset import FileMetaDataset
 from pydicom.uid import DigitalMammographyXRayImageStorageForPresentation as MG_SOP
 from pydicom.uid import ExplicitVRLittleEndian, generate_uid
+from pydicom.valuerep import format_number_as_ds
 from scipy.ndimage import gaussian_filter
 
 FULL_SIZE = (3328, 2560)  # rows, columns of a full-field detector
@@ -47,8 +48,13 @@ class MammoVendor:
 
 SITE_VENDORS = {
     "site-1": MammoVendor("HOLOGIC, Inc.", "Selenia Dimensions", "MONOCHROME2", 12, 1.0, 0.03, 0.5, 60),
-    "site-2": MammoVendor("GE HEALTHCARE", "Senographe Pristina", "MONOCHROME1", 14, 0.8, 0.05, 0.3, 44),
-    "site-3": MammoVendor("SIEMENS", "MAMMOMAT Revelation", "MONOCHROME2", 12, 1.2, 0.04, 0.6, 36),
+    # a 2850 x 2394 detector at 0.1 mm, and a 3328 x 2560 one at 0.085 mm (at 1/16 scale, as the CI default)
+    "site-2": MammoVendor(
+        "GE HEALTHCARE", "Senographe Pristina", "MONOCHROME1", 14, 0.8, 0.05, 0.3, 44, (178, 150), 0.1 * 16
+    ),
+    "site-3": MammoVendor(
+        "SIEMENS", "MAMMOMAT Revelation", "MONOCHROME2", 12, 1.2, 0.04, 0.6, 36, (208, 160), 0.085 * 16
+    ),
 }
 
 
@@ -103,6 +109,12 @@ def make_case(vendor: MammoVendor, malignant: bool, rng: np.random.Generator) ->
     return np.clip(density, 0, 1)
 
 
+def _code(value: str, meaning: str) -> pydicom.Dataset:
+    item = pydicom.Dataset()
+    item.CodeValue, item.CodingSchemeDesignator, item.CodeMeaning = value, "SRT", meaning
+    return item
+
+
 def write_mg(
     density: np.ndarray,
     vendor: MammoVendor,
@@ -138,8 +150,22 @@ def write_mg(
     ds.PatientOrientation = ["P", "L"] if laterality == "R" else ["A", "R"]
     if view == "MLO":
         ds.PatientOrientation = ["P", "FL"] if laterality == "R" else ["A", "FR"]
-    ds.ImagerPixelSpacing = [vendor.spacing, vendor.spacing]
+    ds.ImagerPixelSpacing = [format_number_as_ds(float(vendor.spacing))] * 2
     ds.PresentationIntentType = "FOR PRESENTATION"
+    # the rest of the MG / DX image modules' type 1 attributes, as a vendor's "for presentation" export carries them
+    ds.ImageType = ["ORIGINAL", "PRIMARY", ""]
+    ds.BodyPartExamined, ds.BreastImplantPresent, ds.BurnedInAnnotation = "BREAST", "NO", "NO"
+    ds.DetectorType, ds.KVP = "DIRECT", 28
+    ds.PixelIntensityRelationship = "LOG"
+    ds.PixelIntensityRelationshipSign = 1 if vendor.photometric == "MONOCHROME2" else -1
+    ds.PresentationLUTShape = "IDENTITY" if vendor.photometric == "MONOCHROME2" else "INVERSE"
+    ds.RescaleIntercept, ds.RescaleSlope, ds.RescaleType = "0", "1", "US"
+    ds.WindowCenter, ds.WindowWidth = format_number_as_ds(max_value / 2), format_number_as_ds(float(max_value + 1))
+    ds.VOILUTFunction = "LINEAR"
+    ds.ViewCodeSequence = [
+        _code("R-10242" if view == "CC" else "R-10226", "cranio-caudal" if view == "CC" else "medio-lateral oblique")
+    ]
+    ds.AnatomicRegionSequence = [_code("T-04000", "Breast")]
     ds.Rows, ds.Columns = image.shape
     ds.SamplesPerPixel, ds.PhotometricInterpretation = 1, vendor.photometric
     ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = 16, vendor.bits, vendor.bits - 1, 0

@@ -53,8 +53,8 @@ def poc(tmp_path, synthetic_data):
     shutil.copytree(synthetic_data, data, ignore=shutil.ignore_patterns("cache"))
     instance = Poc(tmp_path / "poc", port=free_port(), env_overrides={"HOME": str(tmp_path / "home")})
     instance.prepare(data=data)
-    instance.start()
     try:
+        instance.start()  # inside: a start that fails half way still gets everything it started stopped
         yield instance
     finally:
         stop_and_check(instance, instance.root)

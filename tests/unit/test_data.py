@@ -29,6 +29,8 @@ def test_empty_training_split_is_refused(small_site):
     with pytest.raises(SiteDataError, match="no 'training' cases") as info:
         read_datalist(config)
     assert "[site-1]" in info.value.server_message() and "Fix:" in info.value.server_message()
+    assert str(config.datalist) in info.value.local_message()  # the site's IT sees which datalist
+    assert str(config.datalist) not in info.value.server_message()
 
 
 def test_all_missing_files_are_listed_together(small_site):
@@ -79,6 +81,8 @@ def test_label_shape_mismatch_names_both_shapes(tmp_path):
         err.problem
     )
     assert "voxel grid" in err.fix
+    assert err.path == str(case.label)  # the local log names the file; the server message does not
+    assert str(case.label) in err.local_message() and str(case.label) not in info.value.server_message()
 
 
 def test_cache_is_reused_and_invalidated_by_a_changed_file(tmp_path):

@@ -46,8 +46,82 @@ def test_job_wires_the_documented_workflow():
     assert [w["path"].rsplit(".", 1)[1] for w in server["workflows"]] == ["ScatterAndGather", "CrossSiteModelEval"]
     components = {c["id"]: c for c in server["components"]}
     assert components["model_selector"]["args"]["key_metric"] == "val_dice"
-    assert components["persistor"]["args"]["model"]["path"] == "oncofl.tasks.prostate_seg.ProstateSegNet"
+    assert components["persistor"]["args"]["model"] == "model"
+    assert components["model"]["path"] == "oncofl.tasks.prostate_seg.ProstateSegNet"
+    assert components["aggregator"]["path"] == "oncofl.aggregation.RobustAggregator"
+    assert components["aggregator"]["args"] == {"method": "mean", "reject_norm_factor": 10.0}
     executor = client["executors"][0]
     assert set(executor["tasks"]) == {"train", "validate", "submit_model"}
     assert executor["executor"]["args"]["task"] == "prostate_seg"
     assert (JOB / "app/custom/oncofl/__init__.py").is_file()
+
+
+def test_adding_a_task_changes_no_other_job_folder(tmp_path, monkeypatch):
+    """A job ships the shared package and its own task only: a new task module leaves every other job as it is."""
+    import shutil
+
+    sys.path.insert(0, str(REPO / "jobs"))
+    import breast_wdbc
+    import fedavg
+
+    package = tmp_path / "oncofl"
+    shutil.copytree(fedavg.PACKAGE, package, ignore=shutil.ignore_patterns("__pycache__"))
+    (package / "tasks" / "fourth_task.py").write_text('"""A new task."""\n')
+    (package / "synthetic_fourth.py").write_text('"""Its demo data."""\n')
+    monkeypatch.setattr(fedavg, "PACKAGE", package)
+    breast_wdbc.export(tmp_path / "out")
+    assert not _diff(REPO / "jobs" / "breast_wdbc", tmp_path / "out" / "breast_wdbc")
+
+
+@pytest.mark.parametrize("name", JOBS)
+def test_job_ships_only_its_own_task(name):
+    config = json.loads((REPO / "jobs" / name / "app/config/config_fed_client.json").read_text())
+    task = config["executors"][0]["executor"]["args"]["task"]
+    shipped = sorted(p.name for p in (REPO / "jobs" / name / "app/custom/oncofl/tasks").glob("*.py"))
+    assert [n for n in shipped if not n.startswith("_")] == [f"{task}.py"]
+
+
+@pytest.mark.parametrize(
+    ("options", "workflow", "generator", "aggregator"),
+    [
+        ({}, "ScatterAndGather", "FullModelShareableGenerator", "RobustAggregator"),
+        ({"algorithm": "fedprox"}, "ScatterAndGather", "FullModelShareableGenerator", "RobustAggregator"),
+        ({"algorithm": "fedopt"}, "ScatterAndGather", "PTFedOptModelShareableGenerator", "RobustAggregator"),
+        (
+            {"algorithm": "scaffold"},
+            "ScatterAndGatherScaffold",
+            "FullModelShareableGenerator",
+            "InTimeAccumulateWeightedAggregator",
+        ),
+        ({"algorithm": "fedbn"}, "ScatterAndGather", "FullModelShareableGenerator", "RobustAggregator"),
+        ({"dp_epsilon": 2.0}, "PrivacyBudgetScatterAndGather", "FullModelShareableGenerator", "RobustAggregator"),
+    ],
+)
+def test_each_algorithm_option_wires_its_components(tmp_path, options, workflow, generator, aggregator):
+    sys.path.insert(0, str(REPO / "jobs"))
+    import breast_wdbc
+
+    job = breast_wdbc.export(tmp_path, num_rounds=7, **options)
+    server = json.loads((job / "app/config/config_fed_server.json").read_text())
+    client = json.loads((job / "app/config/config_fed_client.json").read_text())
+    components = {c["id"]: c for c in server["components"]}
+    assert server["workflows"][0]["path"].rsplit(".", 1)[1] == workflow
+    assert components["shareable_generator"]["path"].rsplit(".", 1)[1] == generator
+    assert components["aggregator"]["path"].rsplit(".", 1)[1] == aggregator
+    args = client["executors"][0]["executor"]["args"]
+    assert args["algorithm"] == options.get("algorithm", "fedavg")
+    if "dp_epsilon" in options:
+        assert args["dp"]["epsilon_budget"] == 2.0 and args["dp"]["planned_rounds"] == 7
+        assert server["workflows"][0]["args"]["epsilon_budget"] == 2.0
+
+
+def test_unknown_algorithm_and_options_are_refused(tmp_path):
+    sys.path.insert(0, str(REPO / "jobs"))
+    import breast_wdbc
+
+    with pytest.raises(ValueError, match="unknown algorithm"):
+        breast_wdbc.export(tmp_path, algorithm="fedsgd")
+    with pytest.raises(ValueError, match="unknown job option"):
+        breast_wdbc.export(tmp_path, fedprox_nu=1.0)
+    with pytest.raises(ValueError, match="privacy filter"):
+        breast_wdbc.export(tmp_path, privacy_filter="laplace")

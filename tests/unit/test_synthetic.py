@@ -64,3 +64,26 @@ def test_holdout_and_site_configs(synthetic_data):
     assert all((synthetic_data / "holdout" / e["image"]).is_dir() for e in holdout)
     config = json.loads((synthetic_data / "site_configs" / "site-2.json").read_text())
     assert config["site_name"] == "site-2" and (synthetic_data / "site_configs" / config["data_root"]).is_dir()
+
+
+def test_every_written_value_conforms_to_its_vr_and_the_mr_image_module(tmp_path):
+    """Strict reading (pydicom raises on a DS longer than 16 characters, a bad UI, ...) of every synthetic slice."""
+    import pydicom
+    from pydicom import config
+
+    from oncofl import synthetic
+
+    root = synthetic.generate(tmp_path / "data", seed=3, sites=("site-2",))
+    files = sorted((root / "site-2").rglob("*.dcm"))
+    assert files
+    previous = config.settings.reading_validation_mode
+    config.settings.reading_validation_mode = config.RAISE
+    try:
+        for file in files[:40]:
+            ds = pydicom.dcmread(file)
+            for element in ds.iterall():
+                _ = element.value  # conversion with validation
+            assert ds.ImageType[0] == "ORIGINAL" and ds.PatientPosition and "EchoTime" in ds
+            assert all(len(str(v)) <= 16 for v in (*ds.ImagePositionPatient, *ds.PixelSpacing, ds.SliceThickness))
+    finally:
+        config.settings.reading_validation_mode = previous

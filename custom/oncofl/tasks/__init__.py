@@ -39,6 +39,8 @@ class TaskSpec:
     channels_last: bool = False  # 2D CNNs run faster in channels-last memory format on GPUs
     # extra named metrics over a whole split, reported beside the key metric (e.g. sensitivity at 90 % specificity)
     extra_metrics: Callable[[torch.Tensor, torch.Tensor], dict[str, float]] | None = None
+    # state-dict keys (regular expressions) that FedBN keeps at the site besides normalization layers
+    local_state: tuple[str, ...] = ()
 
     def params(self, overrides: dict[str, Any] | None) -> dict[str, Any]:
         """Job hyper-parameters for preprocessing, validated against the task's defaults."""

@@ -28,13 +28,14 @@ from nvflare.apis.fl_context import FLContext
 from nvflare.apis.shareable import Shareable, make_reply
 from nvflare.apis.signal import Signal
 from nvflare.apis.utils.analytix_utils import create_analytic_dxo, send_analytic_dxo
-from nvflare.app_common.app_constant import AppConstants
+from nvflare.app_common.app_constant import AlgorithmConstants, AppConstants
 
+from .algorithms import ALGORITHMS, DPSettings, local_state_keys
 from .data import load_split, read_datalist
 from .datacheck import check_site
 from .distributed import SiteGroup, site_devices
 from .engine import DeviceData, Trainer, resolve_device
-from .errors import OncoFLError
+from .errors import OncoFLError, SiteConfigError
 from .privacy import OutgoingGuard
 from .site_config import SiteConfig, find_site_config, load_site_config
 from .tasks import get_task
@@ -46,7 +47,7 @@ class OncoFLExecutor(Executor):
     """Runs one task of :mod:`oncofl.tasks` at a site. Every argument travels with the job (no site paths)."""
 
     # written into the exported job config even when equal to the defaults, so a job reads complete
-    _always_serialize_args = ("task", "local_epochs", "batch_size", "learning_rate")
+    _always_serialize_args = ("task", "local_epochs", "batch_size", "learning_rate", "algorithm")
 
     def __init__(
         self,
@@ -57,6 +58,10 @@ class OncoFLExecutor(Executor):
         preprocess: dict[str, Any] | None = None,
         network: dict[str, Any] | None = None,
         seed: int = 0,
+        algorithm: str = "fedavg",
+        fedprox_mu: float = 0.01,
+        dp: dict[str, Any] | None = None,
+        send_weight_diff: bool = False,
         train_task_name: str = AppConstants.TASK_TRAIN,
         validate_task_name: str = AppConstants.TASK_VALIDATION,
         submit_model_task_name: str = AppConstants.TASK_SUBMIT_MODEL,
@@ -64,6 +69,11 @@ class OncoFLExecutor(Executor):
         super().__init__()
         if local_epochs < 1 or batch_size < 1 or learning_rate <= 0:
             raise ValueError("local_epochs and batch_size must be >= 1 and learning_rate > 0")
+        if algorithm not in ALGORITHMS:
+            raise ValueError(f"unknown algorithm '{algorithm}'; available: {', '.join(ALGORITHMS)}")
+        self._dp = DPSettings.from_job(dp)
+        if self._dp is not None and algorithm in ("fedprox", "scaffold"):
+            raise ValueError(f"DP-SGD runs with fedavg, fedopt or fedbn, not with {algorithm}")
         self.task = task
         self.local_epochs = local_epochs
         self.batch_size = batch_size
@@ -71,6 +81,10 @@ class OncoFLExecutor(Executor):
         self.preprocess = preprocess
         self.network = network
         self.seed = seed
+        self.algorithm = algorithm
+        self.fedprox_mu = fedprox_mu
+        self.dp = dp
+        self.send_weight_diff = send_weight_diff  # for FLARE's percentile / SVT filters, which work on differences
         self.train_task_name = train_task_name
         self.validate_task_name = validate_task_name
         self.submit_model_task_name = submit_model_task_name
@@ -88,6 +102,7 @@ class OncoFLExecutor(Executor):
         self._guard = OutgoingGuard()
         self._tb = None
         self._group: SiteGroup | None = None
+        self._local_keys: set[str] = set()  # FedBN: state kept at this site
 
     # -- lifecycle ---------------------------------------------------------------------------------------------
     def handle_event(self, event_type: str, fl_ctx: FLContext) -> None:
@@ -137,6 +152,14 @@ class OncoFLExecutor(Executor):
         self._val = DeviceData.from_numpy(val.images, val.labels, device)
         self._config = config
         devices = site_devices(config.gpu_ids, config.cpu_processes)
+        if devices and (self.algorithm == "scaffold" or self._dp is not None):
+            raise SiteConfigError(
+                f"this job uses {'DP-SGD' if self._dp else 'SCAFFOLD'}, which trains on one device per site, but the "
+                f"site config asks for {len(devices)} devices",
+                fix='for this job set "gpu_ids" to one GPU (or "cpu_processes": 1) in the site config',
+                site=self._site,
+            )
+        trainer_options = {"proximal_mu": self.fedprox_mu if self.algorithm == "fedprox" else 0.0}
         if devices:  # a multi-device site: DDP over every device, this process is rank 0
             self._group = SiteGroup(
                 devices,
@@ -144,19 +167,40 @@ class OncoFLExecutor(Executor):
                 learning_rate=self.learning_rate,
                 seed=self.seed,
                 network=self.network,
+                trainer_options=trainer_options,
                 images=train.images,
                 labels=train.labels,
                 workdir=(self._app_dir or config.cache_dir) / "ddp",  # local only; removed at the end of the job
             )
             self.log_info(fl_ctx, f"training with DistributedDataParallel on {len(devices)} x {devices[0].type}")
-        self._trainer = Trainer(
-            self._spec, device, learning_rate=self.learning_rate, seed=self.seed, network=self.network
+        trainer = Trainer(
+            self._spec,
+            device,
+            learning_rate=self.learning_rate,
+            seed=self.seed,
+            network=self.network,
+            **trainer_options,
         )
+        if self._dp is not None:
+            trainer.enable_dp(self._dp, len(train), self.batch_size, self.local_epochs)
+            self.log_info(
+                fl_ctx,
+                f"DP-SGD: noise multiplier {trainer.privacy.noise_multiplier:.3f}, per-sample clip "
+                f"{self._dp.max_grad_norm}, sample rate {trainer.privacy.sample_rate:.3f}, "
+                f"budget epsilon {self._dp.epsilon_budget} at delta {self._dp.delta}",
+            )
+        if self.algorithm == "fedbn":
+            self._local_keys = local_state_keys(trainer.model, self._spec.local_state)
+            self.log_info(fl_ctx, f"FedBN: {len(self._local_keys)} normalization tensors stay at this site")
+        self._trainer = trainer
 
     # -- tasks -------------------------------------------------------------------------------------------------
     def execute(self, task_name: str, shareable: Shareable, fl_ctx: FLContext, abort_signal: Signal) -> Shareable:
         try:
             self._ensure_ready(fl_ctx)
+            if abort_signal.triggered:  # the first call can take minutes (preprocessing every case)
+                self.log_info(fl_ctx, f"task '{task_name}' aborted before it started")
+                return make_reply(ReturnCode.TASK_ABORTED)
             if task_name == self.train_task_name:
                 return self._do_train(shareable, fl_ctx, abort_signal)
             if task_name == self.validate_task_name:
@@ -182,25 +226,54 @@ class OncoFLExecutor(Executor):
         return reply
 
     def _incoming_weights(self, shareable: Shareable) -> dict[str, np.ndarray]:
+        return self._incoming(shareable)[0]
+
+    def _incoming(self, shareable: Shareable) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray] | None]:
+        """The global weights and, from a SCAFFOLD server, its control variates."""
         dxo = from_shareable(shareable)
+        controls = None
+        if dxo.data_kind == DataKind.COLLECTION:
+            parts = dxo.data
+            controls_dxo = parts.get(AlgorithmConstants.SCAFFOLD_CTRL_GLOBAL)
+            controls = controls_dxo.data if controls_dxo is not None else None
+            dxo = parts.get(AppConstants.MODEL_WEIGHTS)
+            if dxo is None:
+                raise ValueError("the server's task holds no model weights")
         if dxo.data_kind != DataKind.WEIGHTS:
             raise ValueError(f"expected model weights from the server, got data kind {dxo.data_kind}")
-        return dxo.data
+        return dxo.data, controls
+
+    def _own_local_state(self) -> dict[str, np.ndarray] | None:
+        """FedBN: this site's own normalization state from its last training round (None before it)."""
+        if not self._local_keys or self._local_weights is None:
+            return None
+        return {k: self._local_weights[k] for k in self._local_keys}
 
     def _do_train(self, shareable: Shareable, fl_ctx: FLContext, abort_signal: Signal) -> Shareable:
         trainer, train, val = self._trainer, self._train, self._val
         assert trainer is not None and train is not None and val is not None
         current_round = int(shareable.get_header(AppConstants.CURRENT_ROUND, 0) or 0)
-        trainer.load_state(self._incoming_weights(shareable))
+        weights, controls = self._incoming(shareable)
+        weights = trainer.shaped(weights)
+        if self.algorithm == "scaffold" and controls is None:
+            raise ValueError("this job's executor runs SCAFFOLD but the server sent no control variates")
+        trainer.load_state(weights, local=self._own_local_state())
         key = self._spec.key_metric
         global_score = trainer.evaluate(val, batch_size=self.batch_size)  # (2) the global model on local data
+        if trainer.privacy is not None and not trainer.privacy.next_round_fits():
+            raise OncoFLError(
+                f"privacy budget spent: epsilon {trainer.privacy.epsilon():.3f} so far, another round would reach "
+                f"{trainer.privacy.epsilon(trainer.privacy.steps_per_round):.3f} > budget "
+                f"{trainer.privacy.settings.epsilon_budget}; this site trains no more rounds of this job",
+                fix="start a new job with a new budget only if the consortium's privacy policy allows it",
+            )
 
         started = time.perf_counter()
         rounds = dict(epochs=self.local_epochs, batch_size=self.batch_size, should_abort=lambda: abort_signal.triggered)
         if self._group is not None:  # every rank trains; this process (rank 0) ends with the averaged model
             stats = self._group.train(trainer, train, **rounds)
         else:
-            stats = trainer.train(train, **rounds)
+            stats = trainer.train(train, **rounds, scaffold_controls=controls)
         if stats.aborted:
             self.log_info(fl_ctx, f"round {current_round}: training aborted after {stats.steps} steps")
             return make_reply(ReturnCode.TASK_ABORTED)
@@ -215,23 +288,51 @@ class OncoFLExecutor(Executor):
             f"loss={stats.mean_loss:.4f}, {stats.steps} steps in {seconds:.1f} s",
         )
         extra = {f"{k}_local": v for k, v in local_metrics.items() if k != key}
+        meta = {
+            MetaKey.NUM_STEPS_CURRENT_ROUND: stats.steps,
+            MetaKey.INITIAL_METRICS: self._guard.metrics({key: global_score}),
+        }
+        if trainer.privacy is not None:  # the privacy spent, as numbers the server and TensorBoard can show
+            ledger = trainer.privacy
+            meta.update(
+                dp_epsilon=ledger.epsilon(),
+                dp_epsilon_next_round=ledger.epsilon(ledger.steps_per_round),
+                dp_epsilon_budget=ledger.settings.epsilon_budget,
+                dp_delta=ledger.settings.delta,
+                dp_noise_multiplier=ledger.noise_multiplier,
+            )
+            extra["dp_epsilon"] = ledger.epsilon()
+            self.log_info(fl_ctx, f"round {current_round}: DP epsilon spent {ledger.epsilon():.3f}")
         self._report(
             fl_ctx,
             {f"{key}_global": global_score, f"{key}_local": local_score, "train_loss": stats.mean_loss, **extra},
             step=current_round,
         )
-        meta = {
-            MetaKey.NUM_STEPS_CURRENT_ROUND: stats.steps,
-            MetaKey.INITIAL_METRICS: self._guard.metrics({key: global_score}),
+        shared = {k: v for k, v in self._local_weights.items() if k not in self._local_keys}
+        diff = {k: (v - np.asarray(weights[k])).astype(np.float32) for k, v in shared.items()}
+        if self.algorithm != "scaffold":
+            if self.send_weight_diff:
+                return DXO(data_kind=DataKind.WEIGHT_DIFF, data=diff, meta=meta).to_shareable()
+            return DXO(data_kind=DataKind.WEIGHTS, data=shared, meta=meta).to_shareable()
+        parts = {
+            AppConstants.MODEL_WEIGHTS: DXO(DataKind.WEIGHT_DIFF, diff, meta=meta),
+            AlgorithmConstants.SCAFFOLD_CTRL_DIFF: DXO(DataKind.WEIGHT_DIFF, trainer.scaffold_delta, meta=dict(meta)),
         }
-        return DXO(data_kind=DataKind.WEIGHTS, data=self._local_weights, meta=meta).to_shareable()
+        return DXO(data_kind=DataKind.COLLECTION, data=parts, meta=meta).to_shareable()
 
     def _do_validate(self, shareable: Shareable, fl_ctx: FLContext) -> Shareable:
         trainer, val = self._trainer, self._val
         assert trainer is not None and val is not None
         owner = shareable.get_header(AppConstants.MODEL_OWNER, "?")
-        trainer.load_state(self._incoming_weights(shareable))
+        weights = self._incoming_weights(shareable)
+        trainer.load_state(weights)
         metrics = trainer.evaluate_all(val, batch_size=self.batch_size)
+        own = self._own_local_state()
+        if own is not None:  # FedBN: the same model personalized with this site's own normalization state
+            trainer.load_state(weights, local=own)
+            metrics.update(
+                {f"{k}_personalized": v for k, v in trainer.evaluate_all(val, batch_size=self.batch_size).items()}
+            )
         self.log_info(fl_ctx, f"validated model from {owner}: {metrics}")
         return DXO(data_kind=DataKind.METRICS, data=self._guard.metrics(metrics)).to_shareable()
 

@@ -14,6 +14,7 @@ import os
 import tempfile
 import traceback
 import uuid
+from collections.abc import Callable
 from datetime import timedelta
 from pathlib import Path
 from typing import Any
@@ -49,6 +50,7 @@ class SiteGroup:
         seed: int,
         network: dict[str, Any] | None,
         images: np.ndarray,
+        trainer_options: dict[str, Any] | None = None,
         labels: np.ndarray,
         workdir: Path | None = None,
     ) -> None:
@@ -82,6 +84,7 @@ class SiteGroup:
                     learning_rate,
                     seed,
                     network,
+                    trainer_options or {},
                     [str(p) for p in data_paths],
                     child,
                 ),
@@ -98,7 +101,15 @@ class SiteGroup:
             self.backend, init_method=f"file://{init_file}", rank=0, world_size=self.world, timeout=TIMEOUT
         )
 
-    def train(self, trainer: Trainer, data: DeviceData, *, epochs: int, batch_size: int, should_abort) -> RoundStats:
+    def train(
+        self,
+        trainer: Trainer,
+        data: DeviceData,
+        *,
+        epochs: int,
+        batch_size: int,
+        should_abort: Callable[[], bool],
+    ) -> RoundStats:
         """One local round on every rank; returns rank 0's stats (steps counted as single-process steps)."""
         for conn in self.conns:
             conn.send(("train", epochs, batch_size))
@@ -135,7 +146,9 @@ class SiteGroup:
             Path(path).unlink(missing_ok=True)
 
 
-def _helper_main(rank, world, backend, init_file, device, task, learning_rate, seed, network, data_paths, conn):
+def _helper_main(
+    rank, world, backend, init_file, device, task, learning_rate, seed, network, trainer_options, data_paths, conn
+):
     """A helper rank: joins the group, keeps the training split on its device, trains when rank 0 does."""
     from .tasks import get_task
 
@@ -147,7 +160,9 @@ def _helper_main(rank, world, backend, init_file, device, task, learning_rate, s
     dist.init_process_group(backend, init_method=f"file://{init_file}", rank=rank, world_size=world, timeout=TIMEOUT)
     try:
         data = DeviceData.from_numpy(np.load(data_paths[0]), np.load(data_paths[1]), device)
-        trainer = Trainer(get_task(task), device, learning_rate=learning_rate, seed=seed, network=network)
+        trainer = Trainer(
+            get_task(task), device, learning_rate=learning_rate, seed=seed, network=network, **trainer_options
+        )
         while True:
             command = conn.recv()
             if command[0] == "stop":

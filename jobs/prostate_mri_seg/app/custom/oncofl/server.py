@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 import json
+import math
 import os
+from typing import Any
 
+from nvflare.apis.dxo import from_shareable
 from nvflare.apis.event_type import EventType
 from nvflare.apis.fl_component import FLComponent
 from nvflare.apis.fl_constant import FLContextKey, ReturnCode
@@ -12,6 +15,7 @@ from nvflare.apis.fl_context import FLContext
 from nvflare.apis.shareable import ReservedHeaderKey, Shareable
 from nvflare.app_common.app_constant import AppConstants
 from nvflare.app_common.app_event_type import AppEventType
+from nvflare.app_common.workflows.scatter_and_gather import ScatterAndGather
 
 from .executor import ERROR_HEADER
 
@@ -111,4 +115,80 @@ class ParticipationMonitor(FLComponent):
         path = os.path.join(run_dir, self.FILE_NAME)
         with open(path + ".tmp", "w") as f:
             json.dump(self.summary(), f, indent=1)
+        os.replace(path + ".tmp", path)
+
+
+class PrivacyBudgetScatterAndGather(ScatterAndGather):
+    """FLARE's ScatterAndGather that ends training when the job's differential-privacy budget would be exceeded.
+
+    Every DP site reports, in its result's meta, the epsilon it has spent (``dp_epsilon``) and what one more round
+    would bring it to (``dp_epsilon_next_round``). After a round in which any site's next round would exceed
+    ``epsilon_budget``, the workflow ends: the round's global model is kept, cross-site evaluation follows, and the
+    server log and ``privacy.json`` (downloaded with the results) say which site stopped it and at what epsilon.
+    Each site also refuses, on its own, to train past its budget.
+    """
+
+    FILE_NAME = "privacy.json"
+
+    def __init__(self, *args: Any, epsilon_budget: float = 2.0, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        if not epsilon_budget > 0:
+            raise ValueError(f"epsilon_budget must be positive, got {epsilon_budget}")
+        self.epsilon_budget = epsilon_budget
+        self.spent: dict[str, list[dict]] = {}  # site -> per round {round, epsilon, epsilon_next_round, delta}
+        self.stopped_after: int | None = None
+        self._over_budget: list[str] = []
+
+    def handle_event(self, event_type: str, fl_ctx: FLContext) -> None:
+        super().handle_event(event_type, fl_ctx)
+        if event_type == AppEventType.BEFORE_CONTRIBUTION_ACCEPT:
+            self._record(fl_ctx)
+        elif event_type == AppEventType.ROUND_DONE and self._over_budget:
+            last = self._current_round
+            remaining = self._start_round + self._num_rounds - 1 - last
+            if remaining > 0:
+                self._num_rounds = last + 1 - self._start_round  # the loop ends after this round
+                self.stopped_after = last
+                self.log_warning(
+                    fl_ctx,
+                    f"privacy budget: {'; '.join(self._over_budget)} > budget {self.epsilon_budget:g}: training "
+                    f"stops after round {last} ({remaining} planned round(s) not run)",
+                )
+            self._write(fl_ctx)
+        elif event_type in (AppEventType.ROUND_DONE, EventType.END_RUN) and self.spent:
+            self._write(fl_ctx)
+
+    def _record(self, fl_ctx: FLContext) -> None:
+        result = fl_ctx.get_prop(AppConstants.TRAINING_RESULT)
+        peer = fl_ctx.get_peer_context()
+        if not isinstance(result, Shareable) or peer is None:
+            return
+        try:
+            meta = from_shareable(result).meta or {}
+        except Exception:
+            return
+        if "dp_epsilon" not in meta:
+            return
+        site = peer.get_identity_name()
+        entry = {
+            "round": fl_ctx.get_prop(AppConstants.CURRENT_ROUND),
+            "epsilon": float(meta["dp_epsilon"]),
+            "epsilon_next_round": float(meta.get("dp_epsilon_next_round", math.inf)),
+            "delta": float(meta.get("dp_delta", 0.0)),
+        }
+        self.spent.setdefault(site, []).append(entry)
+        self.log_info(fl_ctx, f"privacy: {site} has spent epsilon {entry['epsilon']:.3f} (delta {entry['delta']:g})")
+        if entry["epsilon_next_round"] > self.epsilon_budget:
+            self._over_budget.append(f"{site} would reach epsilon {entry['epsilon_next_round']:.3f}")
+
+    def _write(self, fl_ctx: FLContext) -> None:
+        run_dir = fl_ctx.get_engine().get_workspace().get_run_dir(fl_ctx.get_job_id())
+        path = os.path.join(run_dir, self.FILE_NAME)
+        summary = {
+            "epsilon_budget": self.epsilon_budget,
+            "stopped_after_round": self.stopped_after,
+            "sites": self.spent,
+        }
+        with open(path + ".tmp", "w") as f:
+            json.dump(summary, f, indent=1)
         os.replace(path + ".tmp", path)

@@ -91,4 +91,5 @@ TASK = TaskSpec(
     make_loss=make_loss,
     metric=accuracy,
     prepare=prepare,
+    local_state=(r"^input_mean$", r"^input_sq_mean$", r"^stats_ready$"),  # FedBN: each site's own standardization
 )
