@@ -37,6 +37,9 @@ from typing import Any
 REPO = Path(__file__).resolve().parents[1]
 PACKAGE = REPO / "custom" / "oncofl"
 TASK_REQUEST_INTERVAL = 0.5  # seconds; see export()
+# provisioned sites run HE jobs under this privacy.json scope: their guard cannot measure the norm of an update that
+# started from an encrypted global model (see oncofl.privacy.SiteUpdateGuard); the other checks stay
+HE_SCOPE = "oncofl-he"
 sys.path.insert(0, str(REPO / "custom"))
 
 from nvflare.apis.dxo import DataKind  # noqa: E402
@@ -144,6 +147,7 @@ def build_fedavg_job(
     job.to_server(spec.build_network(**(network or {})), id="model")
     if he:
         _add_he_server(job)
+        job.privacy_scope = HE_SCOPE  # export() names it in meta.json
     else:
         job.to_server(PTFileModelPersistor(model="model"), id="persistor")
         job.to_server(_shareable_generator(algorithm, opts), id="shareable_generator")
@@ -270,6 +274,10 @@ def export(job: FedJob, out_dir: str | Path) -> Path:
     if job_dir.exists():
         shutil.rmtree(job_dir)
     job.export_job(str(out_dir))
+    scope = getattr(job, "privacy_scope", None)
+    if scope:  # the sites' privacy.json scope this job runs under (the default scope otherwise)
+        meta_file = job_dir / "meta.json"
+        meta_file.write_text(json.dumps({**json.loads(meta_file.read_text()), "scope": scope}, indent=4) + "\n")
     server_config = job_dir / "app" / "config" / "config_fed_server.json"
     config = json.loads(server_config.read_text())
     # how long a client waits after handing in a result before asking for its next task (FLARE's default: 2 s, paid

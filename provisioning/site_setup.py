@@ -178,9 +178,10 @@ def check_privacy(local: Path) -> list[str]:
     if default is None:
         return ["privacy.json has no default_scope: a job that names no scope would run unfiltered"]
     problems = []
-    for chain in ("task_data_filters", "task_result_filters"):
-        if not any(f.get("path") == GUARD for f in default.get(chain, [])):
-            problems.append(f"the default scope '{policy['default_scope']}' lacks {GUARD} in {chain}")
+    for name, scope in scopes.items():  # a job may name any scope: each must guard both directions
+        for chain in ("task_data_filters", "task_result_filters"):
+            if not any(f.get("path") == GUARD for f in scope.get(chain, [])):
+                problems.append(f"the scope '{name}' lacks {GUARD} in {chain}")
     return problems
 
 

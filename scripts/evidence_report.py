@@ -174,6 +174,10 @@ def run_seed(args: argparse.Namespace, seed: int, tmp: Path) -> dict[str, dict[s
         }
         results = {f"federated {name}": f.result() for name, f in futures.items()}
     module = importlib.import_module(TASK_JOBS[task])
+    if args.merge:  # only these federated runs (and the initial model, cheap): the rest is read from the report
+        settings = job_settings(module.export(tmp / f"seed{seed}" / "plain", **job_kwargs))
+        results["initial model"] = {"held_out": Scorer(task, data, settings).holdout(None), "per_site": {}}
+        return results
     settings = job_settings(module.export(tmp / f"seed{seed}" / "plain", **job_kwargs))
     scorer = Scorer(task, data, settings)
     sites = sorted(scorer.sites)
@@ -217,12 +221,19 @@ def write_report(args: argparse.Namespace, runs: dict[int, dict[str, dict]], sec
     seeds = sorted(runs)
     names = list(runs[seeds[0]])
     central = statistics.mean(runs[s]["centralized"]["held_out"] for s in seeds)
+    made = (
+        f"`python scripts/evidence_report.py {' '.join(sys.argv[1:])}` on {time.strftime('%Y-%m-%d')} "
+        f"({seconds / 60:.0f} min, CPU: {torch.get_num_threads()} threads; seeds {seeds})."
+    )
+    provenance = [f"Made by {made}"]
+    if args.merge:  # keep how the other rows were made
+        old = (out / "report.md").read_text().splitlines() if (out / "report.md").is_file() else []
+        provenance = [line for line in old if line.startswith(("Made by", "Rows "))]
+        provenance.append(f"Rows {', '.join(args.merged_names)} and the initial model (re)run by {made}")
     lines = [
         f"# Evidence report: `{args.task}`",
         "",
-        f"Made by `python scripts/evidence_report.py {' '.join(sys.argv[1:])}` on {time.strftime('%Y-%m-%d')} "
-        f"({seconds / 60:.0f} min, CPU: {torch.get_num_threads()} threads; seeds {seeds}).",
-        "",
+        *[x for line in provenance for x in (line, "")],
         f"Held-out {key}: the shared held-out cases, no site trained on them (personalized / local: mean over the "
         "sites' models). Worst site: the lowest score over the sites, each on its own validation split, of the "
         f"model that site uses. Mean ± sd over {len(seeds)} seeds; ratio = held-out / centralized.",
@@ -308,7 +319,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--task", choices=sorted(TASK_JOBS), default="breast_wdbc")
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
-    parser.add_argument("--algorithms", nargs="+", default=["fedavg", "fedprox", "fedopt", "scaffold", "fedbn"])
+    parser.add_argument("--algorithms", nargs="*", default=["fedavg", "fedprox", "fedopt", "scaffold", "fedbn"])
     parser.add_argument("--dp-epsilon", type=float, default=0.0, help="also run FedAvg + DP-SGD with this budget")
     parser.add_argument("--dp-options", type=json.loads, default={}, help="e.g. '{\"dp_max_grad_norm\": 5.0}'")
     parser.add_argument(
@@ -322,14 +333,31 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--parallel", type=int, default=3, help="simulator runs at once")
     parser.add_argument("--out", default=None, help="report folder (default: docs/evidence/<task>)")
     parser.add_argument("--keep", default=None, help="keep the workspaces here (default: a temporary folder)")
+    parser.add_argument(
+        "--merge",
+        action="store_true",
+        help="run only the federated configurations named here and merge them into --out's results.json "
+        "(replacing rows of the same name); centralized and local rows are read from it",
+    )
     args = parser.parse_args(argv)
     args.out = args.out or str(REPO / "docs" / "evidence" / args.task)
+    previous: dict[str, dict[str, Any]] = {}
+    if args.merge:
+        results_file = Path(args.out) / "results.json"
+        if not results_file.is_file():
+            parser.error(f"--merge needs an earlier report's {results_file}")
+        previous = json.loads(results_file.read_text())
+        if sorted(previous) != sorted(str(s) for s in args.seeds):
+            parser.error(f"--merge: {results_file} has seeds {sorted(previous)}, not {args.seeds}")
     started = time.perf_counter()
     runs = {}
     with tempfile.TemporaryDirectory() as tmp:
         work = Path(args.keep) if args.keep else Path(tmp)
         for seed in args.seeds:
             runs[seed] = run_seed(args, seed, work)
+            if args.merge:
+                args.merged_names = [n for n in runs[seed] if n != "initial model"]
+                runs[seed] = {**previous[str(seed)], **runs[seed]}  # same names keep their place, new ones last
             partial = Path(args.out) / "results.partial.json"  # a long run keeps what it has measured so far
             partial.parent.mkdir(parents=True, exist_ok=True)
             partial.write_text(json.dumps({str(s): r for s, r in runs.items()}, indent=1) + "\n")

@@ -17,6 +17,7 @@ import hashlib
 import json
 import logging
 import os
+import threading
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -163,7 +164,8 @@ def load_case_cached(
             logger.warning("rebuilding damaged cache entry %s", cache_file)
     image, label = task.load_case(case.image, case.label, {**params, **case.extra})
     cache_dir.mkdir(parents=True, exist_ok=True)
-    tmp = cache_file.with_suffix(f".{os.getpid()}.tmp.npz")
+    # one temporary name per writer (process and thread: evaluation threads and simulator sites share a process)
+    tmp = cache_file.with_suffix(f".{os.getpid()}.{threading.get_ident()}.tmp.npz")
     np.savez(tmp, image=image, label=label)
     os.replace(tmp, cache_file)
     return image, label

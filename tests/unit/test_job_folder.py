@@ -95,6 +95,7 @@ def test_job_ships_only_its_own_task(name):
         ),
         ({"algorithm": "fedbn"}, "ScatterAndGather", "FullModelShareableGenerator", "RobustAggregator"),
         ({"dp_epsilon": 2.0}, "PrivacyBudgetScatterAndGather", "FullModelShareableGenerator", "RobustAggregator"),
+        ({"he": True}, "ScatterAndGather", "HEModelShareableGenerator", "HEInTimeAccumulateWeightedAggregator"),
     ],
 )
 def test_each_algorithm_option_wires_its_components(tmp_path, options, workflow, generator, aggregator):
@@ -110,6 +111,8 @@ def test_each_algorithm_option_wires_its_components(tmp_path, options, workflow,
     assert components["aggregator"]["path"].rsplit(".", 1)[1] == aggregator
     args = client["executors"][0]["executor"]["args"]
     assert args["algorithm"] == options.get("algorithm", "fedavg")
+    # provisioned sites' privacy scope: HE jobs name the one whose guard does not bound norms it cannot measure
+    assert json.loads((job / "meta.json").read_text()).get("scope") == ("oncofl-he" if options.get("he") else None)
     if "dp_epsilon" in options:
         assert args["dp"]["epsilon_budget"] == 2.0 and args["dp"]["planned_rounds"] == 7
         assert server["workflows"][0]["args"]["epsilon_budget"] == 2.0

@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 import yaml
 from cryptography.x509 import load_pem_x509_certificate
-from nvflare.apis.dxo import DXO, DataKind, from_shareable
+from nvflare.apis.dxo import DXO, DataKind, MetaKey, from_shareable
 from nvflare.apis.fl_constant import FilterKey, FLContextKey
 from nvflare.apis.fl_context import FLContext
 from nvflare.apis.workspace import Workspace
@@ -92,6 +92,10 @@ def test_flare_builds_the_site_privacy_scope_with_our_guard(provisioned):
     assert [type(f) for f in scope.task_data_filters[FilterKey.IN]] == [SiteUpdateGuard]
     assert [type(f) for f in scope.task_result_filters[FilterKey.OUT]] == [SiteUpdateGuard, PHIGuardFilter]
     assert manager.get_scope("research_unfiltered") is None  # FLARE refuses to deploy a job naming it
+    he_scope = manager.get_scope("oncofl-he")  # what HE jobs name in meta.json: guarded, without the norm bound
+    guards = [*he_scope.task_data_filters[FilterKey.IN], he_scope.task_result_filters[FilterKey.OUT][0]]
+    assert [type(f) for f in guards] == [SiteUpdateGuard] * 2 and all(g.max_update_norm is None for g in guards)
+    assert type(he_scope.task_result_filters[FilterKey.OUT][1]) is PHIGuardFilter
 
 
 def _copy_kit(provisioned, site, tmp_path):
@@ -246,6 +250,28 @@ def test_guard_refuses_non_finite_updates_and_unbounded_ones():
     assert "within bound" in report and set(diff) == {"conv.weight", "bn.running_mean"}
     with pytest.raises(ValueError, match="positive number"):
         SiteUpdateGuard(max_update_norm=0)
+
+
+def test_guard_passes_he_ciphertext_and_refuses_to_leave_an_unmeasurable_update_unbounded():
+    encrypted = DXO(DataKind.WEIGHTS, {"conv.weight": b"ciphertext"})
+    encrypted.set_meta_prop(MetaKey.PROCESSED_ALGORITHM, "CKKS")
+    shareable = encrypted.to_shareable()
+    assert SiteUpdateGuard(max_update_norm=1.0).process(shareable, _ctx("he1", FilterKey.IN)) is shareable
+    with pytest.raises(ValueError, match="arrived encrypted.*max_update_norm null"):
+        SiteUpdateGuard(max_update_norm=1.0).process(
+            DXO(DataKind.WEIGHTS, _weights(1.0)).to_shareable(), _ctx("he1", FilterKey.OUT)
+        )
+    unbounded = SiteUpdateGuard(max_update_norm=None)  # the HE scope: NaN refusal and exclusions still apply
+    unbounded.process(encrypted.to_shareable(), _ctx("he2", FilterKey.IN))
+    out = from_shareable(
+        unbounded.process(DXO(DataKind.WEIGHTS, _weights(1.0)).to_shareable(), _ctx("he2", FilterKey.OUT))
+    )
+    assert set(out.data) == {"conv.weight"}
+    bad = _weights(0.0)
+    bad["conv.weight"][0, 0] = np.inf
+    unbounded.process(encrypted.to_shareable(), _ctx("he3", FilterKey.IN))
+    with pytest.raises(ValueError, match="non-finite"):
+        unbounded.process(DXO(DataKind.WEIGHTS, bad).to_shareable(), _ctx("he3", FilterKey.OUT))
 
 
 def test_site_template_scope_lists_the_guard_in_both_chains():

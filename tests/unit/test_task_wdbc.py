@@ -57,3 +57,21 @@ def test_step_weighted_fedavg_of_site_moments_is_the_pooled_standardization():
     model.load_state_dict(models[0].state_dict())
     prepare(model, sites[2])  # once the global model carries statistics, a site never overwrites them
     torch.testing.assert_close(model.input_mean, models[0].input_mean)
+
+
+def test_the_initial_standardization_maps_the_published_feature_ranges_onto_minus_one_one():
+    x, _, _ = wdbc.load()
+    model = WDBCNet()
+    mean, std = model.standardization()
+    z = (torch.tensor(np.log1p(x), dtype=torch.float32) - mean) / std
+    assert float(model.stats_ready) == 0.0  # sites that may compute statistics still replace it in round 0
+    # constants, not state: what travels starts at 0 / 1 whatever the filters share of it
+    assert set(model.state_dict()) == {
+        "input_mean",
+        "input_sq_mean",
+        "stats_ready",
+        *(f"net.{k}" for k in model.net.state_dict()),
+    }
+    assert float(model.input_mean.abs().max()) == 0.0
+    assert z.abs().max() <= 1.03  # every case lies in the documented domain (rounded there to 3 decimals)
+    assert z.min(0).values.max() < -0.5 and z.max(0).values.min() > 0.5  # and the domain is not far too wide

@@ -14,7 +14,7 @@ from collections.abc import Iterable, Mapping
 from typing import Any
 
 import numpy as np
-from nvflare.apis.dxo import DataKind, from_shareable
+from nvflare.apis.dxo import DataKind, MetaKey, from_shareable
 from nvflare.apis.filter import Filter
 from nvflare.apis.fl_context import FLContext
 from nvflare.apis.shareable import ReservedHeaderKey, Shareable
@@ -99,6 +99,7 @@ class PHIGuardFilter(Filter):
 # per job, so task ids are unique here; entries are removed when the result leaves.
 _RECEIVED: dict[str, dict[str, Any]] = {}
 _LAST_TRAINED_FROM = "<last global model trained from>"
+_ENCRYPTED: dict[str, Any] = {}  # marker: the global model of this task arrived as HE ciphertext
 
 
 class SiteUpdateGuard(Filter):
@@ -116,6 +117,12 @@ class SiteUpdateGuard(Filter):
 
     and logs one line locally saying what it did. A WEIGHTS result without a remembered reference is refused when
     ``max_update_norm`` is set, rather than sent unbounded.
+
+    Homomorphic encryption: FLARE runs this site filter before the job's HE decryptor, so an encrypted global model
+    arrives here as ciphertext. The guard does not touch it; the result that follows is still checked for NaN/inf
+    and trimmed of ``exclude_vars`` (the job encrypts it afterwards), but its update norm cannot be measured, so with
+    ``max_update_norm`` set it is refused with that reason: run HE jobs in a scope whose guard has
+    ``max_update_norm: null`` (the ciphertext aggregation already hides each site's update from the server).
     """
 
     DEFAULT_EXCLUDE = (r"running_mean$", r"running_var$", r"num_batches_tracked$")
@@ -141,9 +148,17 @@ class SiteUpdateGuard(Filter):
         if dxo.data_kind not in (DataKind.WEIGHTS, DataKind.WEIGHT_DIFF):
             return shareable
         if incoming:
-            if dxo.data_kind == DataKind.WEIGHTS:
+            if dxo.get_meta_prop(MetaKey.PROCESSED_ALGORITHM):  # HE ciphertext: no plaintext reference to keep
+                _RECEIVED[task_id] = _ENCRYPTED
+                self.log_info(fl_ctx, "site privacy policy: encrypted global model received (not inspected)")
+            elif dxo.data_kind == DataKind.WEIGHTS:
                 _RECEIVED[task_id] = {k: np.array(v, dtype=np.float64, copy=True) for k, v in dxo.data.items()}
             return shareable
+        if dxo.get_meta_prop(MetaKey.PROCESSED_ALGORITHM):
+            raise ValueError(
+                "update refused by the site privacy policy: the result is already encrypted, so it cannot be "
+                "checked; list the HE encryptor after SiteUpdateGuard (job filters run after the site's)"
+            )
         # a result with no task data of its own (e.g. cross-site evaluation's submit_model) is measured against the
         # last global model this site trained from
         if received is not None:
@@ -155,7 +170,8 @@ class SiteUpdateGuard(Filter):
         return shareable
 
     def guard(self, data: Mapping[str, Any], kind: str, received: Mapping[str, Any] | None) -> tuple[dict, str]:
-        """The policy on one result; returns the data to send and a one-line report. Raises ValueError to refuse."""
+        """The policy on one result; returns the data to send and a one-line report. Raises ValueError to refuse.
+        ``received``: the global weights the result started from, :data:`_ENCRYPTED`, or None (not seen)."""
         bad = [k for k, v in data.items() if not np.all(np.isfinite(np.asarray(v, dtype=np.float64)))]
         if bad:
             raise ValueError(
@@ -166,6 +182,12 @@ class SiteUpdateGuard(Filter):
         report = f"excluded {len(data) - len(kept)} of {len(data)} tensors"
         if self.max_update_norm is None:
             return kept, report + "; update norm not bounded"
+        if received is _ENCRYPTED:
+            raise ValueError(
+                "update refused by the site privacy policy: the global model arrived encrypted (HE), so the "
+                "update norm cannot be measured; run HE jobs in a privacy scope whose SiteUpdateGuard has "
+                "max_update_norm null"
+            )
         if kind == DataKind.WEIGHTS:
             if received is None:
                 raise ValueError(

@@ -15,6 +15,28 @@ from ._classification import make_loss
 
 N_FEATURES = 30
 
+# The published range (min, max) of each of the 30 features, in the dataset's order (mean, standard error, worst of
+# radius, texture, perimeter, area, smoothness, compactness, concavity, concave points, symmetry, fractal dimension):
+# the data set's own documentation (UCI; scikit-learn's ``load_breast_cancer().DESCR``). It is schema knowledge, like
+# a DICOM's bit depth, and the only standardization a DP-SGD site uses: data-derived moments would be a release
+# outside the DP accountant. (Strictly, these ranges were computed on all 569 cases; a consortium takes them from its
+# own protocol's data dictionary.)
+FEATURE_DOMAIN = (
+    (6.981, 28.11), (9.71, 39.28), (43.79, 188.5), (143.5, 2501.0), (0.053, 0.163),
+    (0.019, 0.345), (0.0, 0.427), (0.0, 0.201), (0.106, 0.304), (0.05, 0.097),
+    (0.112, 2.873), (0.36, 4.885), (0.757, 21.98), (6.802, 542.2), (0.002, 0.031),
+    (0.002, 0.135), (0.0, 0.396), (0.0, 0.053), (0.008, 0.079), (0.001, 0.03),
+    (7.93, 36.04), (12.02, 49.54), (50.41, 251.2), (185.2, 4254.0), (0.071, 0.223),
+    (0.027, 1.058), (0.0, 1.252), (0.0, 0.291), (0.156, 0.664), (0.055, 0.208),
+)  # fmt: skip
+
+
+def domain_moments() -> tuple[torch.Tensor, torch.Tensor]:
+    """First and second moments that map each published log1p feature range onto [-1, 1]."""
+    lo, hi = torch.tensor(FEATURE_DOMAIN, dtype=torch.float64).log1p().T
+    center, half = (lo + hi) / 2, (hi - lo) / 2
+    return center.float(), (center**2 + half**2).float()
+
 
 class WDBCNet(nn.Module):
     """Standardize -> MLP 30 -> hidden -> 2 classes (benign, malignant).
@@ -22,7 +44,11 @@ class WDBCNet(nn.Module):
     Federated standardization: the buffers ``input_mean`` / ``input_sq_mean`` travel with the weights. In the first
     round each site fills them from its own training data (``stats_ready`` is 0 in the server's initial model);
     FedAvg, weighted by local steps (proportional to local case counts), then turns them into the pooled first and
-    second moments of all sites' data -- no site ever shares a raw feature value.
+    second moments of all sites' data -- no site ever shares a raw feature value. While ``stats_ready`` is 0 (the
+    initial model, and for good under DP-SGD, where no statistic is computed outside the accountant) the network
+    maps the published feature ranges (:data:`FEATURE_DOMAIN`) onto [-1, 1] instead: constants of the code, not
+    state, so the moments that travel start at 0 / 1 and an update filter that shares only part of an update (FLARE's
+    percentile filter) cannot mix the two.
     """
 
     def __init__(self, in_features: int = N_FEATURES, hidden: int = 32) -> None:
@@ -32,11 +58,20 @@ class WDBCNet(nn.Module):
         self.register_buffer("input_mean", torch.zeros(in_features))
         self.register_buffer("input_sq_mean", torch.ones(in_features))
         self.register_buffer("stats_ready", torch.zeros(()))
+        mean, sq_mean = domain_moments() if in_features == N_FEATURES else (self.input_mean, self.input_sq_mean)
+        self.register_buffer("domain_mean", mean.clone(), persistent=False)
+        self.register_buffer("domain_std", (sq_mean - mean**2).sqrt(), persistent=False)
         self.net = nn.Sequential(nn.Linear(in_features, hidden), nn.ReLU(), nn.Linear(hidden, 2))
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def standardization(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """The (mean, std) the network subtracts and divides by: the sites' pooled moments once they are in."""
         std = (self.input_sq_mean - self.input_mean**2).clamp_min(1e-6).sqrt()
-        return self.net((x - self.input_mean) / std)
+        ready = self.stats_ready > 0.5
+        return torch.where(ready, self.input_mean, self.domain_mean), torch.where(ready, std, self.domain_std)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        mean, std = self.standardization()
+        return self.net((x - mean) / std)
 
 
 def prepare(model: nn.Module, inputs: torch.Tensor) -> None:
