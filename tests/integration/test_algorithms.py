@@ -16,7 +16,7 @@ from oncofl.engine import DeviceData, Trainer
 from oncofl.executor import ERROR_HEADER, OncoFLExecutor
 from oncofl.site_config import ENV_VAR
 from oncofl.tasks import get_task
-from oncofl.tasks.breast_wdbc import WDBCNet, domain_moments
+from oncofl.tasks.breast_wdbc import WDBCNet, domain_standardization
 from tests.integration.test_executor_round import fl_context
 
 SPEC = get_task("breast_wdbc")
@@ -172,7 +172,7 @@ def test_dp_training_clips_per_sample_gradients_and_still_learns(wdbc_data):
     assert set(trainer.model.state_dict()) == set(WDBCNet().state_dict())  # names unchanged by Opacus
     # no statistic outside DP-SGD: the standardization is still the published feature domain's
     assert float(trainer.model.stats_ready) == 0.0
-    torch.testing.assert_close(trainer.model.standardization()[0], domain_moments()[0])
+    torch.testing.assert_close(trainer.model.standardization()[0], domain_standardization()[0])
     # measured 0.991 on trainer seeds 0/1/2 (0.78-0.88 before the initial model carried the published feature
     # domain's standardization); before training 0.43-0.63
     assert trainer.evaluate(data, batch_size=64) > max(before + 0.15, 0.93)

@@ -31,11 +31,10 @@ FEATURE_DOMAIN = (
 )  # fmt: skip
 
 
-def domain_moments() -> tuple[torch.Tensor, torch.Tensor]:
-    """First and second moments that map each published log1p feature range onto [-1, 1]."""
+def domain_standardization() -> tuple[torch.Tensor, torch.Tensor]:
+    """(mean, std) that map each published log1p feature range onto [-1, 1]: its center and half width."""
     lo, hi = torch.tensor(FEATURE_DOMAIN, dtype=torch.float64).log1p().T
-    center, half = (lo + hi) / 2, (hi - lo) / 2
-    return center.float(), (center**2 + half**2).float()
+    return ((lo + hi) / 2).float(), ((hi - lo) / 2).float()
 
 
 class WDBCNet(nn.Module):
@@ -58,9 +57,9 @@ class WDBCNet(nn.Module):
         self.register_buffer("input_mean", torch.zeros(in_features))
         self.register_buffer("input_sq_mean", torch.ones(in_features))
         self.register_buffer("stats_ready", torch.zeros(()))
-        mean, sq_mean = domain_moments() if in_features == N_FEATURES else (self.input_mean, self.input_sq_mean)
+        mean, std = domain_standardization() if in_features == N_FEATURES else (self.input_mean, self.input_sq_mean)
         self.register_buffer("domain_mean", mean.clone(), persistent=False)
-        self.register_buffer("domain_std", (sq_mean - mean**2).sqrt(), persistent=False)
+        self.register_buffer("domain_std", std.clone(), persistent=False)
         self.net = nn.Sequential(nn.Linear(in_features, hidden), nn.ReLU(), nn.Linear(hidden, 2))
 
     def standardization(self) -> tuple[torch.Tensor, torch.Tensor]:
