@@ -228,8 +228,10 @@ def write_report(args: argparse.Namespace, runs: dict[int, dict[str, dict]], sec
     provenance = [f"Made by {made}"]
     if args.merge:  # keep how the other rows were made
         old = (out / "report.md").read_text().splitlines() if (out / "report.md").is_file() else []
-        provenance = [line for line in old if line.startswith(("Made by", "Rows "))]
-        provenance.append(f"Rows {', '.join(args.merged_names)} and the initial model (re)run by {made}")
+        rows = f"Rows {', '.join(args.merged_names)} and the initial model (re)run by "
+        # an earlier rerun of the same rows is replaced by this one, not listed beside it
+        provenance = [line for line in old if line.startswith(("Made by", "Rows ")) and not line.startswith(rows)]
+        provenance.append(rows + made)
     lines = [
         f"# Evidence report: `{args.task}`",
         "",

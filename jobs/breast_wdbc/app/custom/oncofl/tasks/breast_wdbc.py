@@ -31,10 +31,18 @@ FEATURE_DOMAIN = (
 )  # fmt: skip
 
 
+# The range rule: the range of a few hundred values spans about six standard deviations (the expected range of 569
+# normal draws is 6.1 sd), so range / 6 is the data-free estimate of a feature's spread. Held-out accuracy under
+# DP-SGD at eps = 2 (an Opacus simulation of the job, 3 splits x 5 noise draws each): sd = range / 2 -> 0.961,
+# range / 4 -> 0.966, range / 6 -> 0.969, range / 8 -> 0.972; the sites' own moments (not private) -> 0.968.
+RANGE_IN_SDS = 6.0
+
+
 def domain_standardization() -> tuple[torch.Tensor, torch.Tensor]:
-    """(mean, std) that map each published log1p feature range onto [-1, 1]: its center and half width."""
+    """(mean, std) from each published log1p feature range: its center, and its width / :data:`RANGE_IN_SDS`
+    (the range maps onto [-3, 3])."""
     lo, hi = torch.tensor(FEATURE_DOMAIN, dtype=torch.float64).log1p().T
-    return ((lo + hi) / 2).float(), ((hi - lo) / 2).float()
+    return ((lo + hi) / 2).float(), ((hi - lo) / RANGE_IN_SDS).float()
 
 
 class WDBCNet(nn.Module):
@@ -45,7 +53,7 @@ class WDBCNet(nn.Module):
     FedAvg, weighted by local steps (proportional to local case counts), then turns them into the pooled first and
     second moments of all sites' data -- no site ever shares a raw feature value. While ``stats_ready`` is 0 (the
     initial model, and for good under DP-SGD, where no statistic is computed outside the accountant) the network
-    maps the published feature ranges (:data:`FEATURE_DOMAIN`) onto [-1, 1] instead: constants of the code, not
+    maps the published feature ranges (:data:`FEATURE_DOMAIN`) onto [-3, 3] instead: constants of the code, not
     state, so the moments that travel start at 0 / 1 and an update filter that shares only part of an update (FLARE's
     percentile filter) cannot mix the two.
     """
