@@ -71,7 +71,7 @@ from oncofl.executor import OncoFLExecutor  # noqa: E402
 from oncofl.faults import UpdateFaultFilter  # noqa: E402
 from oncofl.privacy import PHIGuardFilter  # noqa: E402
 from oncofl.server import ParticipationMonitor, PrivacyBudgetScatterAndGather, SiteErrorReporter  # noqa: E402
-from oncofl.tasks import get_task  # noqa: E402
+from oncofl.tasks import DEFAULT_INIT_SEED, get_task  # noqa: E402
 
 # Options every job definition takes (command line: --algorithm, --fedprox-mu, ...), with their defaults.
 ALGORITHM_OPTIONS: dict[str, Any] = {
@@ -88,6 +88,7 @@ ALGORITHM_OPTIONS: dict[str, Any] = {
     "dp_noise_multiplier": 0.0,  # 0: calibrated so the planned rounds spend exactly --dp-epsilon
     "privacy_filter": "",  # FLARE's lighter update filters: "percentile" (share the largest 10 %) or "svt"
     "he": False,  # homomorphic encryption (CKKS): the server aggregates ciphertexts; needs HE-provisioned kits
+    "init_seed": DEFAULT_INIT_SEED,  # the initial weights: every run of a job starts from the same model
 }
 PRIVACY_FILTERS = {
     "percentile": lambda: PercentilePrivacy(percentile=90, gamma=0.01),
@@ -140,6 +141,8 @@ def build_fedavg_job(
         )
     if opts["privacy_filter"] and opts["privacy_filter"] not in PRIVACY_FILTERS:
         raise ValueError(f"unknown privacy filter {opts['privacy_filter']!r}; available: {sorted(PRIVACY_FILTERS)}")
+    if opts["init_seed"] != DEFAULT_INIT_SEED:
+        network = {**(network or {}), "init_seed": int(opts["init_seed"])}
     spec = get_task(task)
     job = FedJob(name=name, min_clients=min_clients)
     job.set_app_packages(["oncofl"])  # the whole package is shipped by export(), not module by module

@@ -3,7 +3,8 @@
     python scripts/evidence_report.py --task breast_wdbc --seeds 0 1 2 --out docs/evidence/breast_wdbc
     python scripts/evidence_report.py --task prostate_seg --seeds 0 1 2 --algorithms fedavg fedprox fedbn
 
-Per seed the task's demo data are made anew (``seed``); then
+Per seed the task's demo data and the networks' initial weights are drawn anew (``seed``: data, and the job's
+``init_seed``, so the federated runs, centralized and each site alone start from the same weights); then
 
 * **centralized**: the task's network trained on all sites' training cases pooled, for as many epochs as the job's
   rounds x local epochs (what a single hospital holding everything could do);
@@ -158,7 +159,10 @@ def run_federated(
 def run_seed(args: argparse.Namespace, seed: int, tmp: Path) -> dict[str, dict[str, Any]]:
     task = args.task
     data = TASK_DATA[task][1](tmp / f"seed{seed}" / "data", seed=seed)
-    job_kwargs = {"min_clients": len(list((data / "site_configs").glob("*.json")))}  # every site, every round
+    job_kwargs = {
+        "min_clients": len(list((data / "site_configs").glob("*.json"))),  # every site, every round
+        "init_seed": seed,  # a seed draws the data and the initial weights, the same for every model of that seed
+    }
     if args.rounds:
         job_kwargs["num_rounds"] = args.rounds
     configs = {a: {"algorithm": a} for a in args.algorithms}

@@ -32,6 +32,10 @@ CONFIGS = {
     "poisoned": {"fault": DRILL},
     "percentile": {"privacy_filter": "percentile"},
 }
+# the percentile filter moves each weight by at most gamma = 0.01 a round, so it learns slower: with the seeded initial
+# model (held-out 0.469) it scored 0.743 after 4 rounds and 0.823 after 6 (the same in 4 runs side by side)
+PERCENTILE_ROUNDS = 6
+JOB_OVERRIDES = {"percentile": {"num_rounds": PERCENTILE_ROUNDS}}
 
 
 @pytest.fixture(scope="module")
@@ -40,7 +44,9 @@ def runs(tmp_path_factory):
     data = wdbc.generate(root / "data", seed=0)
     with ThreadPoolExecutor(max_workers=len(CONFIGS)) as pool:
         futures = {
-            name: pool.submit(run_federated, "breast_wdbc", name, opts, data, root / name, JOB)
+            name: pool.submit(
+                run_federated, "breast_wdbc", name, opts, data, root / name, {**JOB, **JOB_OVERRIDES.get(name, {})}
+            )
             for name, opts in CONFIGS.items()
         }
         results = {name: f.result() for name, f in futures.items()}
@@ -61,12 +67,13 @@ def test_each_algorithm_learns_a_global_model(runs, name):
 
 
 def test_flare_percentile_filter_shares_a_tenth_of_each_update_and_still_learns(runs):
-    # sharing only the largest 10 % of each update slows learning, and which 10 % is picked varies with CPU
-    # rounding: measured 0.894, 0.788 and 0.920 held-out after 4 rounds (still rising; 0.94 after 10 rounds,
-    # docs/evidence/breast_wdbc); initial 0.47
+    # sharing only the largest 10 % of each update, each clipped to 0.01, slows learning: measured 0.823 held-out
+    # after 6 rounds (0.94 after 10 rounds, docs/evidence/breast_wdbc); the sites' validation accuracy of the global
+    # model went 0.364 (the initial model) -> 0.820
     result = runs["percentile"]
-    assert result["held_out"] >= 0.70 and result["held_out"] - runs["initial"] >= 0.24
-    assert result["curve"][-1] > result["curve"][0] + 0.15
+    assert result["held_out"] >= 0.75 and result["held_out"] - runs["initial"] >= 0.3
+    assert len(result["curve"]) == PERCENTILE_ROUNDS
+    assert result["curve"][-1] > result["curve"][0] + 0.3
 
 
 def test_fedbn_personalized_models_learn_and_cross_site_reports_both_views(runs):

@@ -40,6 +40,30 @@ def test_job_holds_no_site_paths_and_streams_no_logs(name):
         assert "LogStreamer" not in text  # site logs (which name local files) stay at the site
 
 
+@pytest.mark.parametrize("name", JOBS)
+def test_server_initial_model_is_the_same_in_every_run(name):
+    # FLARE builds the server's "model" component from the job config; unseeded, every run started from other
+    # weights and the learning assertions of the e2e tests swung with it
+    import importlib
+
+    import torch
+
+    server = json.loads((REPO / "jobs" / name / "app/config/config_fed_server.json").read_text())
+    (model,) = [c for c in server["components"] if c["id"] == "model"]
+    module, _, cls = model["path"].rpartition(".")
+    build = getattr(importlib.import_module(module), cls)
+    torch.manual_seed(123)
+    first = build(**model["args"]).state_dict()
+    after = torch.rand(3)
+    torch.manual_seed(123)
+    assert torch.equal(torch.rand(3), after)  # building the network left the caller's random stream alone
+    torch.manual_seed(7)
+    second = build(**model["args"]).state_dict()
+    assert first.keys() == second.keys() and all(torch.equal(first[k], second[k]) for k in first)
+    other = build(**model["args"], init_seed=1).state_dict()
+    assert any(not torch.equal(first[k], other[k]) for k in first if first[k].is_floating_point())
+
+
 def test_job_wires_the_documented_workflow():
     server = json.loads((JOB / "app/config/config_fed_server.json").read_text())
     client = json.loads((JOB / "app/config/config_fed_client.json").read_text())
@@ -128,3 +152,16 @@ def test_unknown_algorithm_and_options_are_refused(tmp_path):
         breast_wdbc.export(tmp_path, fedprox_nu=1.0)
     with pytest.raises(ValueError, match="privacy filter"):
         breast_wdbc.export(tmp_path, privacy_filter="laplace")
+
+
+def test_init_seed_option_seeds_the_server_model_and_the_sites_network_alike(tmp_path):
+    sys.path.insert(0, str(REPO / "jobs"))
+    import breast_mammo_cls
+
+    job = breast_mammo_cls.export(tmp_path, small_network=True, init_seed=3)
+    server = json.loads((job / "app/config/config_fed_server.json").read_text())
+    client = json.loads((job / "app/config/config_fed_client.json").read_text())
+    (model,) = [c for c in server["components"] if c["id"] == "model"]
+    network = client["executors"][0]["executor"]["args"]["network"]
+    assert model["args"]["init_seed"] == network["init_seed"] == 3
+    assert {k: v for k, v in network.items() if k != "init_seed"}  # the small network's own settings are kept

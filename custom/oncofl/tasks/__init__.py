@@ -4,13 +4,31 @@ from __future__ import annotations
 
 import importlib
 import pkgutil
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
+
+# every task network takes ``init_seed`` (default below): the server's initial model, built by FLARE from the job's
+# model component, is then the same in every run of a job, and ``holdout_metric(None)`` scores exactly that model
+DEFAULT_INIT_SEED = 0
+
+
+@contextmanager
+def seeded_init(seed: int | None) -> Iterator[None]:
+    """Draw the weights created inside from ``torch.manual_seed(seed)`` without touching the caller's RNG state
+    (``None``: the caller's RNG, i.e. unseeded)."""
+    if seed is None:
+        yield
+        return
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(int(seed))
+        yield
+
 
 TASK_NAMES = tuple(sorted(m.name for m in pkgutil.iter_modules(__path__) if not m.name.startswith("_")))
 

@@ -10,7 +10,7 @@ import torch
 from torch import nn
 
 from ..errors import SiteDataError
-from . import TaskSpec
+from . import DEFAULT_INIT_SEED, TaskSpec, seeded_init
 from ._classification import make_loss
 
 N_FEATURES = 30
@@ -58,17 +58,21 @@ class WDBCNet(nn.Module):
     percentile filter) cannot mix the two.
     """
 
-    def __init__(self, in_features: int = N_FEATURES, hidden: int = 32) -> None:
+    def __init__(
+        self, in_features: int = N_FEATURES, hidden: int = 32, init_seed: int | None = DEFAULT_INIT_SEED
+    ) -> None:
         super().__init__()
         self.in_features = in_features
         self.hidden = hidden
+        self.init_seed = init_seed
         self.register_buffer("input_mean", torch.zeros(in_features))
         self.register_buffer("input_sq_mean", torch.ones(in_features))
         self.register_buffer("stats_ready", torch.zeros(()))
         mean, std = domain_standardization() if in_features == N_FEATURES else (self.input_mean, self.input_sq_mean)
         self.register_buffer("domain_mean", mean.clone(), persistent=False)
         self.register_buffer("domain_std", std.clone(), persistent=False)
-        self.net = nn.Sequential(nn.Linear(in_features, hidden), nn.ReLU(), nn.Linear(hidden, 2))
+        with seeded_init(init_seed):
+            self.net = nn.Sequential(nn.Linear(in_features, hidden), nn.ReLU(), nn.Linear(hidden, 2))
 
     def standardization(self) -> tuple[torch.Tensor, torch.Tensor]:
         """The (mean, std) the network subtracts and divides by: the sites' pooled moments once they are in."""

@@ -17,7 +17,7 @@ from monai.networks.nets import ResNet
 from ..dicom.series import read_series
 from ..errors import SiteDataError
 from ..preprocess import extract_patches, modules, resample, to_ras, window
-from . import TaskSpec
+from . import DEFAULT_INIT_SEED, TaskSpec, seeded_init
 from ._classification import auc, make_loss, sensitivity_at_specificity
 
 # 2 mm isotropic, 24^3 voxels = 48 mm around the nodule centre; lung window -1000..+400 HU.
@@ -27,17 +27,24 @@ DEFAULT_PARAMS: dict[str, Any] = {"spacing_mm": 2.0, "patch_size": 24, "window":
 class LungNoduleNet(ResNet):
     """MONAI 3D ResNet (basic blocks) with a strided 7^3 stem; 2 classes."""
 
-    def __init__(self, layers: tuple[int, ...] = (1, 1, 1, 1), widths: tuple[int, ...] = (16, 32, 64, 128)) -> None:
-        super().__init__(
-            block="basic",
-            layers=list(layers),
-            block_inplanes=list(widths),
-            spatial_dims=3,
-            n_input_channels=1,
-            conv1_t_stride=2,
-            num_classes=2,
-        )
+    def __init__(
+        self,
+        layers: tuple[int, ...] = (1, 1, 1, 1),
+        widths: tuple[int, ...] = (16, 32, 64, 128),
+        init_seed: int | None = DEFAULT_INIT_SEED,
+    ) -> None:
+        with seeded_init(init_seed):
+            super().__init__(
+                block="basic",
+                layers=list(layers),
+                block_inplanes=list(widths),
+                spatial_dims=3,
+                n_input_channels=1,
+                conv1_t_stride=2,
+                num_classes=2,
+            )
         self.layers, self.widths = tuple(layers), tuple(widths)
+        self.init_seed = init_seed
 
 
 @lru_cache(maxsize=1)

@@ -17,7 +17,7 @@ from ..dicom.seg import read_seg
 from ..dicom.series import SeriesVolume, read_series
 from ..errors import SiteDataError
 from ..preprocess import Preprocessor
-from . import TaskSpec
+from . import DEFAULT_INIT_SEED, TaskSpec, seeded_init
 
 # Target grid: 2.5 x 2.5 x 4 mm, 64 x 64 x 16 voxels = 160 x 160 x 64 mm around the image centre.
 # spacing_policy: a series with a missing slice is refused ("refuse") or interpolated onto a uniform grid ("resample").
@@ -39,16 +39,19 @@ class ProstateSegNet(UNet):
         channels: tuple[int, ...] = (16, 32, 64, 128),
         strides: tuple[int, ...] = (2, 2, 2),
         num_res_units: int = 2,
+        init_seed: int | None = DEFAULT_INIT_SEED,
     ) -> None:
-        super().__init__(
-            spatial_dims=3,
-            in_channels=in_channels,
-            out_channels=out_channels,
-            channels=channels,
-            strides=strides,
-            num_res_units=num_res_units,
-            norm="instance",
-        )
+        with seeded_init(init_seed):
+            super().__init__(
+                spatial_dims=3,
+                in_channels=in_channels,
+                out_channels=out_channels,
+                channels=channels,
+                strides=strides,
+                num_res_units=num_res_units,
+                norm="instance",
+            )
+        self.init_seed = init_seed
 
 
 @lru_cache(maxsize=8)

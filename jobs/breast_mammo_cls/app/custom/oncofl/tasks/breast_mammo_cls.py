@@ -13,7 +13,7 @@ from monai.networks.nets import DenseNet
 from ..dicom.mammo import read_projection
 from ..errors import SiteDataError
 from ..preprocess import modules, resize_2d
-from . import TaskSpec
+from . import DEFAULT_INIT_SEED, TaskSpec, seeded_init
 from ._classification import auc, make_loss, sensitivity_at_specificity
 
 # The network sees the canonical-side, breast-cropped image padded to a square and resized to image_size^2.
@@ -24,17 +24,23 @@ class MammoNet(DenseNet):
     """MONAI 2D DenseNet, 1 channel in, 2 classes out. Defaults = DenseNet121; jobs may choose a lighter variant."""
 
     def __init__(
-        self, init_features: int = 64, growth_rate: int = 32, block_config: tuple[int, ...] = (6, 12, 24, 16)
+        self,
+        init_features: int = 64,
+        growth_rate: int = 32,
+        block_config: tuple[int, ...] = (6, 12, 24, 16),
+        init_seed: int | None = DEFAULT_INIT_SEED,
     ) -> None:
-        super().__init__(
-            spatial_dims=2,
-            in_channels=1,
-            out_channels=2,
-            init_features=init_features,
-            growth_rate=growth_rate,
-            block_config=tuple(block_config),
-        )
+        with seeded_init(init_seed):
+            super().__init__(
+                spatial_dims=2,
+                in_channels=1,
+                out_channels=2,
+                init_features=init_features,
+                growth_rate=growth_rate,
+                block_config=tuple(block_config),
+            )
         self.init_features, self.growth_rate, self.block_config = init_features, growth_rate, tuple(block_config)
+        self.init_seed = init_seed
 
 
 @lru_cache(maxsize=1)
