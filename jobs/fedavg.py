@@ -12,7 +12,8 @@ The algorithm is a job option (``--algorithm`` of every job definition, :data:`A
 * ``fedavg``   -- FedAvg;
 * ``fedprox``  -- FedProx, proximal term ``--fedprox-mu`` in each site's loss;
 * ``fedopt``   -- FedOpt: the server applies Adam (``--server-lr``) to the aggregated update
-  (FLARE's PTFedOptModelShareableGenerator);
+  (FLARE's PTFedOptModelShareableGenerator); ``--server-optimizer sgd --server-lr 1 --server-momentum 0.9`` is
+  FedAvgM (server momentum);
 * ``scaffold`` -- SCAFFOLD: FLARE's ScatterAndGatherScaffold with control variates at the sites;
 * ``fedbn``    -- FedBN: normalization state stays at each site (personalized models; cross-site evaluation
   reports each model as sent and ``*_personalized``).
@@ -78,6 +79,8 @@ ALGORITHM_OPTIONS: dict[str, Any] = {
     "algorithm": "fedavg",
     "fedprox_mu": 0.01,
     "server_lr": 0.01,
+    "server_optimizer": "adam",  # fedopt's server step: "adam", or "sgd" with --server-momentum (FedAvgM)
+    "server_momentum": 0.9,
     "aggregation": "mean",
     "trim_fraction": 0.2,
     "max_update_norm": 0.0,
@@ -88,8 +91,10 @@ ALGORITHM_OPTIONS: dict[str, Any] = {
     "dp_noise_multiplier": 0.0,  # 0: calibrated so the planned rounds spend exactly --dp-epsilon
     "privacy_filter": "",  # FLARE's lighter update filters: "percentile" (share the largest 10 %) or "svt"
     "he": False,  # homomorphic encryption (CKKS): the server aggregates ciphertexts; needs HE-provisioned kits
+    "lr_schedule": "constant",  # the sites' learning rate over the rounds: "constant" or "cosine" (to ~0 at the end)
     "init_seed": DEFAULT_INIT_SEED,  # the initial weights: every run of a job starts from the same model
 }
+SERVER_OPTIMIZERS = ("adam", "sgd")
 PRIVACY_FILTERS = {
     "percentile": lambda: PercentilePrivacy(percentile=90, gamma=0.01),
     "svt": lambda: SVTPrivacy(fraction=0.1, epsilon=0.1, noise_var=0.1, gamma=1e-5),
@@ -139,6 +144,8 @@ def build_fedavg_job(
             "homomorphic encryption: the server only adds ciphertexts, so use fedavg, fedprox or fedbn with mean "
             "aggregation and no privacy filter (the server-side norm checks cannot see encrypted values)"
         )
+    if opts["server_optimizer"] not in SERVER_OPTIMIZERS:
+        raise ValueError(f"unknown server optimizer {opts['server_optimizer']!r}; available: {SERVER_OPTIMIZERS}")
     if opts["privacy_filter"] and opts["privacy_filter"] not in PRIVACY_FILTERS:
         raise ValueError(f"unknown privacy filter {opts['privacy_filter']!r}; available: {sorted(PRIVACY_FILTERS)}")
     if opts["init_seed"] != DEFAULT_INIT_SEED:
@@ -198,6 +205,7 @@ def build_fedavg_job(
         local_epochs=local_epochs,
         batch_size=batch_size,
         learning_rate=learning_rate,
+        lr_schedule=opts["lr_schedule"],
         preprocess=preprocess,
         network=network,
         algorithm=algorithm,
@@ -230,13 +238,19 @@ def build_fedavg_job(
 
 def _shareable_generator(algorithm: str, opts: dict[str, Any]) -> Any:
     """How the server turns the aggregated update into the next global model."""
-    if algorithm == "fedopt":  # the server's Adam step on the aggregated update (trainable parameters)
-        adam = {
-            "path": "torch.optim.Adam",
-            "args": {"lr": opts["server_lr"], "betas": [0.9, 0.99], "eps": 1e-3},
-            "config_type": "dict",  # an argument, not a component for FLARE to build
-        }
-        return PTFedOptModelShareableGenerator(optimizer_args=adam, source_model="model")
+    if algorithm == "fedopt":  # the server's optimizer step on the aggregated update (trainable parameters)
+        if opts["server_optimizer"] == "adam":
+            optimizer = {
+                "path": "torch.optim.Adam",
+                "args": {"lr": opts["server_lr"], "betas": [0.9, 0.99], "eps": 1e-3},
+            }
+        else:  # FedAvgM: lr 1 and no momentum is FedAvg
+            optimizer = {
+                "path": "torch.optim.SGD",
+                "args": {"lr": opts["server_lr"], "momentum": opts["server_momentum"]},
+            }
+        optimizer["config_type"] = "dict"  # an argument, not a component for FLARE to build
+        return PTFedOptModelShareableGenerator(optimizer_args=optimizer, source_model="model")
     return FullModelShareableGenerator()
 
 

@@ -39,6 +39,7 @@ import torch
 REPO = Path(__file__).resolve().parents[1]
 sys.path[:0] = [str(REPO / "custom"), str(REPO), str(REPO / "jobs")]
 
+from oncofl.algorithms import scheduled_lr  # noqa: E402
 from oncofl.data import load_split, read_datalist  # noqa: E402
 from oncofl.engine import DeviceData, Trainer, resolve_device  # noqa: E402
 from oncofl.evaluation import holdout_metric  # noqa: E402
@@ -99,7 +100,10 @@ def train_pooled(task: str, data: Path, sites: list[str], settings: dict[str, An
     )
     torch.manual_seed(seed)
     trainer = Trainer(spec, device, learning_rate=settings["learning_rate"], seed=seed, network=settings.get("network"))
-    trainer.train(train, epochs=settings["num_rounds"] * settings["local_epochs"], batch_size=settings["batch_size"])
+    schedule = settings.get("lr_schedule", "constant")
+    for r in range(settings["num_rounds"]):  # the job's learning rate schedule, one value per round's epochs
+        lr = scheduled_lr(settings["learning_rate"], schedule, r, settings["num_rounds"])
+        trainer.train(train, epochs=settings["local_epochs"], batch_size=settings["batch_size"], learning_rate=lr)
     torch.save({"model": trainer.model.state_dict()}, out)
     return out
 

@@ -11,7 +11,7 @@ from nvflare.apis.signal import Signal
 from nvflare.app_common.app_constant import AlgorithmConstants, AppConstants
 
 from oncofl import wdbc
-from oncofl.algorithms import DPSettings, PrivacyLedger, local_state_keys
+from oncofl.algorithms import DPSettings, PrivacyLedger, local_state_keys, scheduled_lr
 from oncofl.engine import DeviceData, Trainer
 from oncofl.executor import ERROR_HEADER, OncoFLExecutor
 from oncofl.site_config import ENV_VAR
@@ -187,3 +187,27 @@ def test_the_kept_local_model_is_a_copy_not_the_live_network(wdbc_data, tmp_path
     executor.execute("validate", _task(other), fl_context("site-1"), Signal())
     submitted = from_shareable(executor.execute("submit_model", _task(other), fl_context("site-1"), Signal())).data
     assert all(np.array_equal(submitted[k], trained[k]) for k in trained)
+
+
+def test_cosine_schedule_lowers_the_sites_learning_rate_over_the_rounds(wdbc_data, tmp_path, monkeypatch):
+    start = _initial()
+    moved, lrs = {}, {}
+    for round_number in (0, 3):
+        executor = _executor(wdbc_data, tmp_path / f"r{round_number}", monkeypatch, lr_schedule="cosine")
+        task = _task(start, round_number)
+        task.set_header(AppConstants.NUM_ROUNDS, 4)
+        reply = executor.execute("train", task, fl_context("site-1"), Signal())
+        assert reply.get_return_code(ReturnCode.OK) == ReturnCode.OK
+        moved[round_number] = _distance(from_shareable(reply).data, start)
+        lrs[round_number] = executor._trainer.optimizer.param_groups[0]["lr"]
+    assert lrs[0] == pytest.approx(3e-3) and lrs[3] == pytest.approx(3e-3 * 0.5 * (1 + np.cos(0.75 * np.pi)))
+    assert moved[3] < 0.5 * moved[0]  # the same start, a 0.15x learning rate: a much smaller step
+    with pytest.raises(ValueError, match="learning-rate schedule"):
+        _executor(wdbc_data, tmp_path / "bad", monkeypatch, lr_schedule="step")
+
+
+def test_scheduled_lr_values():
+    assert scheduled_lr(0.1, "constant", 7, 10) == 0.1
+    cosine = [scheduled_lr(0.1, "cosine", r, 4) for r in range(4)]
+    assert cosine == pytest.approx([0.1, 0.1 * (1 + 2**-0.5) / 2, 0.05, 0.1 * (1 - 2**-0.5) / 2])
+    assert scheduled_lr(0.1, "cosine", 0, 1) == 0.1  # one round: the base rate

@@ -152,6 +152,35 @@ def test_unknown_algorithm_and_options_are_refused(tmp_path):
         breast_wdbc.export(tmp_path, fedprox_nu=1.0)
     with pytest.raises(ValueError, match="privacy filter"):
         breast_wdbc.export(tmp_path, privacy_filter="laplace")
+    with pytest.raises(ValueError, match="learning-rate schedule"):
+        breast_wdbc.export(tmp_path, lr_schedule="linear")
+    job = breast_wdbc.export(tmp_path, lr_schedule="cosine")
+    client = json.loads((job / "app/config/config_fed_client.json").read_text())
+    assert client["executors"][0]["executor"]["args"]["lr_schedule"] == "cosine"
+    with pytest.raises(ValueError, match="server optimizer"):
+        breast_wdbc.export(tmp_path, algorithm="fedopt", server_optimizer="rmsprop")
+
+
+@pytest.mark.parametrize(
+    ("options", "path", "args"),
+    [
+        ({}, "torch.optim.Adam", {"lr": 0.01, "betas": [0.9, 0.99], "eps": 1e-3}),
+        (
+            {"server_optimizer": "sgd", "server_lr": 1.0, "server_momentum": 0.5},
+            "torch.optim.SGD",
+            {"lr": 1.0, "momentum": 0.5},
+        ),
+    ],
+)
+def test_fedopt_server_optimizer_adam_or_fedavgm(tmp_path, options, path, args):
+    sys.path.insert(0, str(REPO / "jobs"))
+    import breast_wdbc
+
+    job = breast_wdbc.export(tmp_path, algorithm="fedopt", **options)
+    server = json.loads((job / "app/config/config_fed_server.json").read_text())
+    (generator,) = [c for c in server["components"] if c["id"] == "shareable_generator"]
+    optimizer = generator["args"]["optimizer_args"]
+    assert optimizer["path"] == path and optimizer["args"] == args
 
 
 def test_init_seed_option_seeds_the_server_model_and_the_sites_network_alike(tmp_path):

@@ -27,6 +27,20 @@ import torch
 
 ALGORITHMS = ("fedavg", "fedprox", "fedopt", "scaffold", "fedbn")
 CLIENT_ALGORITHMS = ("fedavg", "fedprox", "scaffold", "fedbn")  # what the executor does differently
+LR_SCHEDULES = ("constant", "cosine")
+
+
+def scheduled_lr(base: float, schedule: str, round_index: int, num_rounds: int) -> float:
+    """The local learning rate of round ``round_index`` (0-based) of ``num_rounds``: ``constant``, or ``cosine``
+    (base * (1 + cos(pi * round / rounds)) / 2: the base in round 0, falling towards 0 by the last round).
+    Centralized training that is to match a job steps the same values every ``local_epochs`` epochs."""
+    if schedule not in LR_SCHEDULES:
+        raise ValueError(f"unknown learning-rate schedule {schedule!r}; available: {', '.join(LR_SCHEDULES)}")
+    if schedule == "constant" or num_rounds <= 1:
+        return float(base)
+    progress = min(max(round_index, 0), num_rounds - 1) / num_rounds
+    return float(base) * 0.5 * (1.0 + math.cos(math.pi * progress))
+
 
 _NORM_TYPES = (
     torch.nn.modules.batchnorm._BatchNorm,

@@ -193,9 +193,14 @@ class Trainer:
         batch_size: int,
         should_abort: Callable[[], bool] = lambda: False,
         scaffold_controls: dict[str, np.ndarray] | None = None,
+        learning_rate: float | None = None,
     ) -> RoundStats:
         """``epochs`` local epochs. ``scaffold_controls``: the server's SCAFFOLD control variates (SCAFFOLD rounds);
-        the control update to send back is left in :attr:`scaffold_delta`."""
+        the control update to send back is left in :attr:`scaffold_delta`. ``learning_rate``: this round's (a
+        schedule's value; the optimizer keeps it until the next call sets another)."""
+        if learning_rate is not None:
+            for group in self.optimizer.param_groups:
+                group["lr"] = float(learning_rate)
         world, rank = _world()
         if world > 1:
             if scaffold_controls is not None or self.privacy is not None:

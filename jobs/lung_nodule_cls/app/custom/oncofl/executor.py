@@ -30,7 +30,7 @@ from nvflare.apis.signal import Signal
 from nvflare.apis.utils.analytix_utils import create_analytic_dxo, send_analytic_dxo
 from nvflare.app_common.app_constant import AlgorithmConstants, AppConstants
 
-from .algorithms import ALGORITHMS, DPSettings, local_state_keys
+from .algorithms import ALGORITHMS, DPSettings, local_state_keys, scheduled_lr
 from .data import load_split, read_datalist
 from .datacheck import check_site
 from .distributed import SiteGroup, site_devices
@@ -55,6 +55,7 @@ class OncoFLExecutor(Executor):
         local_epochs: int = 2,
         batch_size: int = 4,
         learning_rate: float = 1e-3,
+        lr_schedule: str = "constant",
         preprocess: dict[str, Any] | None = None,
         network: dict[str, Any] | None = None,
         seed: int = 0,
@@ -78,6 +79,8 @@ class OncoFLExecutor(Executor):
         self.local_epochs = local_epochs
         self.batch_size = batch_size
         self.learning_rate = learning_rate
+        scheduled_lr(learning_rate, lr_schedule, 0, 1)  # refuses an unknown schedule when the job is built
+        self.lr_schedule = lr_schedule
         self.preprocess = preprocess
         self.network = network
         self.seed = seed
@@ -269,7 +272,13 @@ class OncoFLExecutor(Executor):
             )
 
         started = time.perf_counter()
-        rounds = dict(epochs=self.local_epochs, batch_size=self.batch_size, should_abort=lambda: abort_signal.triggered)
+        num_rounds = int(shareable.get_header(AppConstants.NUM_ROUNDS, 1) or 1)
+        rounds = dict(
+            epochs=self.local_epochs,
+            batch_size=self.batch_size,
+            should_abort=lambda: abort_signal.triggered,
+            learning_rate=scheduled_lr(self.learning_rate, self.lr_schedule, current_round, num_rounds),
+        )
         if self._group is not None:  # every rank trains; this process (rank 0) ends with the averaged model
             stats = self._group.train(trainer, train, **rounds)
         else:

@@ -109,12 +109,15 @@ class SiteGroup:
         epochs: int,
         batch_size: int,
         should_abort: Callable[[], bool],
+        learning_rate: float | None = None,
     ) -> RoundStats:
         """One local round on every rank; returns rank 0's stats (steps counted as single-process steps)."""
         for conn in self.conns:
-            conn.send(("train", epochs, batch_size))
+            conn.send(("train", epochs, batch_size, learning_rate))
         try:
-            stats = trainer.train(data, epochs=epochs, batch_size=batch_size, should_abort=should_abort)
+            stats = trainer.train(
+                data, epochs=epochs, batch_size=batch_size, should_abort=should_abort, learning_rate=learning_rate
+            )
         finally:
             replies = [self._reply(rank, conn) for rank, conn in enumerate(self.conns, start=1)]
         errors = [r for r in replies if r[0] == "error"]
@@ -167,9 +170,9 @@ def _helper_main(
             command = conn.recv()
             if command[0] == "stop":
                 break
-            _, epochs, batch_size = command
+            _, epochs, batch_size, learning_rate = command
             try:
-                stats = trainer.train(data, epochs=epochs, batch_size=batch_size)
+                stats = trainer.train(data, epochs=epochs, batch_size=batch_size, learning_rate=learning_rate)
                 conn.send(("done", stats.steps))
             except Exception:
                 conn.send(("error", f"rank {rank}: {traceback.format_exc(limit=3)}"))
