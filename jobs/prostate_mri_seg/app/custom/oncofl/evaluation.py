@@ -19,14 +19,14 @@ def holdout_metric(
     task: str = "prostate_seg",
     split: str = "testing",
     cache_dir: str | Path | None = None,
-    init_seed: int = 0,
     batch_size: int = 4,
     network: dict | None = None,
     params: dict | None = None,
 ) -> float:
     """The task's key metric of ``checkpoint`` on ``<data_root>/datalist.json[split]``.
 
-    ``checkpoint=None`` scores the freshly initialised network (seeded), i.e. what a job starts from.
+    ``checkpoint=None`` scores the network as ``network`` builds it (its ``init_seed``), i.e. exactly the model the
+    job's server starts from.
     """
     data_root = Path(data_root).resolve()
     spec = get_task(task)
@@ -38,8 +38,7 @@ def holdout_metric(
     )
     split_data = load_split(read_datalist(config, splits=(split,))[split], spec, spec.params(params), config)
     device = resolve_device()
-    torch.manual_seed(init_seed)
-    trainer = Trainer(spec, device, learning_rate=1e-3, seed=init_seed, network=network)
+    trainer = Trainer(spec, device, learning_rate=1e-3, seed=0, network=network)
     if checkpoint is not None:
         state = torch.load(checkpoint, map_location="cpu", weights_only=False)
         trainer.load_state({k: v.numpy() for k, v in state.get("model", state).items()})
