@@ -92,6 +92,7 @@ ALGORITHM_OPTIONS: dict[str, Any] = {
     "privacy_filter": "",  # FLARE's lighter update filters: "percentile" (share the largest 10 %) or "svt"
     "he": False,  # homomorphic encryption (CKKS): the server aggregates ciphertexts; needs HE-provisioned kits
     "lr_schedule": "constant",  # the sites' learning rate over the rounds: "constant" or "cosine" (to ~0 at the end)
+    "optimizer_state": "keep",  # the sites' Adam state: "keep" (carried across rounds) or "reset" (fresh each round)
     "init_seed": DEFAULT_INIT_SEED,  # the initial weights: every run of a job starts from the same model
 }
 SERVER_OPTIMIZERS = ("adam", "sgd")
@@ -206,6 +207,7 @@ def build_fedavg_job(
         batch_size=batch_size,
         learning_rate=learning_rate,
         lr_schedule=opts["lr_schedule"],
+        optimizer_state=opts["optimizer_state"],
         preprocess=preprocess,
         network=network,
         algorithm=algorithm,

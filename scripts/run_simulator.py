@@ -69,8 +69,7 @@ def run_simulator(
     env = {**os.environ, ENV_VAR: str(Path(site_configs).resolve())}
     cmd = [
         sys.executable,
-        "-m",
-        "nvflare.private.fed.app.simulator.simulator",
+        str(REPO / "scripts" / "flare_simulator.py"),  # FLARE's simulator, one start-up race closed
         str(Path(job).resolve()),
         "-w",
         str(workspace),

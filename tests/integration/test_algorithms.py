@@ -206,6 +206,26 @@ def test_cosine_schedule_lowers_the_sites_learning_rate_over_the_rounds(wdbc_dat
         _executor(wdbc_data, tmp_path / "bad", monkeypatch, lr_schedule="step")
 
 
+def test_reset_optimizer_state_starts_each_round_with_fresh_adam_moments(wdbc_data, tmp_path, monkeypatch):
+    """optimizer_state="reset": the second round's Adam counts only its own steps; "keep" carries the first's."""
+    start = _initial()
+    counts, moved = {}, {}
+    for state in ("keep", "reset"):
+        executor = _executor(wdbc_data, tmp_path / state, monkeypatch, optimizer_state=state)
+        for round_number in (0, 1):
+            reply = executor.execute("train", _task(start, round_number), fl_context("site-1"), Signal())
+            assert reply.get_return_code(ReturnCode.OK) == ReturnCode.OK
+            steps = from_shareable(reply).get_meta_prop(MetaKey.NUM_STEPS_CURRENT_ROUND)
+        adam = executor._trainer.optimizer.state
+        counts[state] = {int(v["step"]) for v in adam.values()}
+        moved[state] = _distance(from_shareable(reply).data, start)
+    assert steps > 0
+    assert counts["keep"] == {2 * steps} and counts["reset"] == {steps}
+    assert moved["keep"] != pytest.approx(moved["reset"])  # the same start and data: the moments changed the step
+    with pytest.raises(ValueError, match="optimizer_state"):
+        _executor(wdbc_data, tmp_path / "bad", monkeypatch, optimizer_state="zero")
+
+
 def test_scheduled_lr_values():
     assert scheduled_lr(0.1, "constant", 7, 10) == 0.1
     cosine = [scheduled_lr(0.1, "cosine", r, 4) for r in range(4)]

@@ -159,6 +159,11 @@ def test_unknown_algorithm_and_options_are_refused(tmp_path):
     assert client["executors"][0]["executor"]["args"]["lr_schedule"] == "cosine"
     with pytest.raises(ValueError, match="server optimizer"):
         breast_wdbc.export(tmp_path, algorithm="fedopt", server_optimizer="rmsprop")
+    with pytest.raises(ValueError, match="optimizer_state"):
+        breast_wdbc.export(tmp_path, optimizer_state="zero")
+    job = breast_wdbc.export(tmp_path, optimizer_state="reset")
+    client = json.loads((job / "app/config/config_fed_client.json").read_text())
+    assert client["executors"][0]["executor"]["args"]["optimizer_state"] == "reset"
 
 
 @pytest.mark.parametrize(

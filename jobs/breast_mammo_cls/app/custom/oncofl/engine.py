@@ -194,10 +194,15 @@ class Trainer:
         should_abort: Callable[[], bool] = lambda: False,
         scaffold_controls: dict[str, np.ndarray] | None = None,
         learning_rate: float | None = None,
+        reset_optimizer: bool = False,
     ) -> RoundStats:
         """``epochs`` local epochs. ``scaffold_controls``: the server's SCAFFOLD control variates (SCAFFOLD rounds);
         the control update to send back is left in :attr:`scaffold_delta`. ``learning_rate``: this round's (a
-        schedule's value; the optimizer keeps it until the next call sets another)."""
+        schedule's value; the optimizer keeps it until the next call sets another). ``reset_optimizer``: start the
+        round with fresh optimizer state (Adam's moments and step count), not the state this site's own previous
+        round left behind, which points the way its local model went, not the new global model."""
+        if reset_optimizer:
+            self.optimizer.state.clear()
         if learning_rate is not None:
             for group in self.optimizer.param_groups:
                 group["lr"] = float(learning_rate)

@@ -110,13 +110,19 @@ class SiteGroup:
         batch_size: int,
         should_abort: Callable[[], bool],
         learning_rate: float | None = None,
+        reset_optimizer: bool = False,
     ) -> RoundStats:
         """One local round on every rank; returns rank 0's stats (steps counted as single-process steps)."""
         for conn in self.conns:
-            conn.send(("train", epochs, batch_size, learning_rate))
+            conn.send(("train", epochs, batch_size, learning_rate, reset_optimizer))
         try:
             stats = trainer.train(
-                data, epochs=epochs, batch_size=batch_size, should_abort=should_abort, learning_rate=learning_rate
+                data,
+                epochs=epochs,
+                batch_size=batch_size,
+                should_abort=should_abort,
+                learning_rate=learning_rate,
+                reset_optimizer=reset_optimizer,
             )
         finally:
             replies = [self._reply(rank, conn) for rank, conn in enumerate(self.conns, start=1)]
@@ -170,9 +176,15 @@ def _helper_main(
             command = conn.recv()
             if command[0] == "stop":
                 break
-            _, epochs, batch_size, learning_rate = command
+            _, epochs, batch_size, learning_rate, reset_optimizer = command
             try:
-                stats = trainer.train(data, epochs=epochs, batch_size=batch_size, learning_rate=learning_rate)
+                stats = trainer.train(
+                    data,
+                    epochs=epochs,
+                    batch_size=batch_size,
+                    learning_rate=learning_rate,
+                    reset_optimizer=reset_optimizer,
+                )
                 conn.send(("done", stats.steps))
             except Exception:
                 conn.send(("error", f"rank {rank}: {traceback.format_exc(limit=3)}"))

@@ -41,6 +41,7 @@ from .site_config import SiteConfig, find_site_config, load_site_config
 from .tasks import get_task
 
 ERROR_HEADER = "oncofl_error"
+OPTIMIZER_STATES = ("keep", "reset")  # a site's optimizer state across rounds: carried over, or fresh each round
 
 
 class OncoFLExecutor(Executor):
@@ -56,6 +57,7 @@ class OncoFLExecutor(Executor):
         batch_size: int = 4,
         learning_rate: float = 1e-3,
         lr_schedule: str = "constant",
+        optimizer_state: str = "keep",
         preprocess: dict[str, Any] | None = None,
         network: dict[str, Any] | None = None,
         seed: int = 0,
@@ -81,6 +83,9 @@ class OncoFLExecutor(Executor):
         self.learning_rate = learning_rate
         scheduled_lr(learning_rate, lr_schedule, 0, 1)  # refuses an unknown schedule when the job is built
         self.lr_schedule = lr_schedule
+        if optimizer_state not in OPTIMIZER_STATES:
+            raise ValueError(f"optimizer_state must be one of {', '.join(OPTIMIZER_STATES)}, got '{optimizer_state}'")
+        self.optimizer_state = optimizer_state  # "reset": each round's local training starts with fresh Adam moments
         self.preprocess = preprocess
         self.network = network
         self.seed = seed
@@ -278,6 +283,7 @@ class OncoFLExecutor(Executor):
             batch_size=self.batch_size,
             should_abort=lambda: abort_signal.triggered,
             learning_rate=scheduled_lr(self.learning_rate, self.lr_schedule, current_round, num_rounds),
+            reset_optimizer=self.optimizer_state == "reset",
         )
         if self._group is not None:  # every rank trains; this process (rank 0) ends with the averaged model
             stats = self._group.train(trainer, train, **rounds)
