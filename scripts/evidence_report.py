@@ -227,7 +227,7 @@ def write_report(args: argparse.Namespace, runs: dict[int, dict[str, dict]], sec
     (out / "results.json").write_text(json.dumps({str(s): r for s, r in runs.items()}, indent=1) + "\n")
     key = get_task(args.task).key_metric.removeprefix("val_")
     seeds = sorted(runs)
-    names = list(runs[seeds[0]])
+    names = sorted(runs[seeds[0]], key=lambda n: n == "initial model")  # the reference row last, after a merge too
     central = statistics.mean(runs[s]["centralized"]["held_out"] for s in seeds)
     made = (
         f"`python scripts/evidence_report.py {' '.join(sys.argv[1:])}` on {time.strftime('%Y-%m-%d')} "

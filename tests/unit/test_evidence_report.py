@@ -46,3 +46,20 @@ def test_merge_keeps_how_the_other_rows_were_made_and_replaces_an_earlier_rerun(
     assert report.count("Made by ") == 1  # the first full run still names how the other rows were made
     assert report.count("Rows federated fedavg+DP(eps=2) and the initial model (re)run by ") == 1  # the last rerun
     assert "| federated fedavg+DP(eps=2) | 0.9700 ± 0.0141 |" in report
+
+
+def test_a_merged_new_row_comes_before_the_initial_model_row(tmp_path):
+    runs = _runs((0.94, 0.96))
+    for seed in runs:  # how a merge orders them: the earlier report's rows, then the new configuration
+        runs[seed]["federated fedavg+reset"] = _row(0.99, {"site-1": 0.96, "site-2": 0.98})
+    rows = [
+        line.split(" | ")[0] for line in write_report(_args(tmp_path, merge=False), runs, 60).read_text().splitlines()
+    ]
+    rows = [r.removeprefix("| ") for r in rows if r.startswith("| ") and r != "| model"]
+    assert rows == [
+        "federated fedavg",
+        "federated fedavg+DP(eps=2)",
+        "centralized",
+        "federated fedavg+reset",
+        "initial model",
+    ]
