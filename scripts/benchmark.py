@@ -9,18 +9,25 @@
 
     python scripts/benchmark.py                              # every imaging task, synthetic CI-size data
     python scripts/benchmark.py --tasks prostate_seg --repeats 9 --data data/synthetic --device cuda
+    python scripts/benchmark.py --data-root /tmp/gpu_data --json out.json --profile-below 0.9
 
 Each measurement: warm-up runs, then the median of ``--repeats`` timed runs, the device synchronized around each.
 Prints samples/s, (a)/(b), (a)/(c) and the peak device memory of (a). Results: docs/benchmarks.md (card named).
+Where (a)/(b) misses a goal, two ways to say where the time goes:
+``--ablate-below R``: where (a)/(b) < R, (a) once more with the task's batch augmentation left out (identity);
+``--profile-below R``: where (a)/(b) < R on a GPU, one run of (a) and of (b) under the torch profiler (wall vs GPU
+kernel time per step, the costliest operations). The profiler's start-up took minutes on one VM: use it off the lease.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import statistics
 import sys
 import tempfile
 import time
+from dataclasses import replace
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
@@ -63,7 +70,7 @@ def _median_rate(run, samples: int, device: torch.device, warmup: int, repeats: 
 
 
 def site_data(task: str, data_root: Path | None, site: str = "site-1"):
-    """The training split of one site, through the site's cache (made on the first call)."""
+    """The site config of one site of the task's data (written on the first call)."""
     folder, generate = TASK_DATA[task]
     root = Path(data_root) if data_root else Path(tempfile.gettempdir()) / "oncofl_benchmark" / folder
     if not (root / "site_configs").is_dir():
@@ -72,7 +79,43 @@ def site_data(task: str, data_root: Path | None, site: str = "site-1"):
     return config
 
 
-def benchmark_task(task: str, device: torch.device, *, data_root, warmup: int, repeats: int, steps: int) -> dict:
+def _profile(run, device: torch.device, steps: int, label: str) -> dict:
+    """One call of ``run`` (``steps`` training steps) under the torch profiler: wall ms and GPU kernel ms per step,
+    and the operations with the most self time on the device."""
+    from torch.autograd import DeviceType
+    from torch.profiler import ProfilerActivity, profile
+
+    run()  # warm
+    _sync(device)
+    with profile(activities=[ProfilerActivity.CPU, ProfilerActivity.CUDA]) as prof:
+        start = time.perf_counter()
+        run()
+        _sync(device)
+        wall = time.perf_counter() - start
+    events = prof.key_averages()
+    kernels = [e for e in events if e.device_type == DeviceType.CUDA and not e.is_user_annotation]
+    ops = [e for e in events if e.device_type == DeviceType.CPU and e.self_device_time_total > 0]
+    kernel_us = sum(e.self_device_time_total for e in kernels)
+    top = sorted(ops, key=lambda e: e.self_device_time_total, reverse=True)[:8]
+    return {
+        "label": label,
+        "wall_ms_per_step": 1e3 * wall / steps,
+        "gpu_kernel_ms_per_step": kernel_us / 1e3 / steps,
+        "top_device_ops": [(e.key[:60], round(e.self_device_time_total / 1e3 / steps, 3)) for e in top],
+    }
+
+
+def benchmark_task(
+    task: str,
+    device: torch.device,
+    *,
+    data_root,
+    warmup: int,
+    repeats: int,
+    steps: int,
+    profile_below: float = 0.0,
+    ablate_below: float = 0.0,
+) -> dict:
     spec = get_task(task)
     args = executor_args(REPO / "jobs" / JOBS[task])
     batch, network, lr = args.get("batch_size", 4), args.get("network"), args.get("learning_rate", 1e-3)
@@ -136,7 +179,23 @@ def benchmark_task(task: str, device: torch.device, *, data_root, warmup: int, r
             naive_opt.step()
 
     naive = _median_rate(naive_epochs, samples, device, warmup, repeats)
+    no_augment = None
+    if pipeline / ceiling < ablate_below:  # the same pipeline with the batch augmentation left out
+        trainer.task = replace(spec, augment=lambda images, labels, generator: (images, labels))
+        try:
+            train = lambda: trainer.train(data, epochs=1, batch_size=batch)  # noqa: E731
+            no_augment = _median_rate(train, samples, device, warmup, repeats)
+        finally:
+            trainer.task = spec
+    profiles = []
+    if device.type == "cuda" and pipeline / ceiling < profile_below:
+        profiles = [
+            _profile(lambda: trainer.train(data, epochs=1, batch_size=batch), device, steps, "(a) pipeline"),
+            _profile(compute_only, device, steps, "(b) ceiling"),
+        ]
     return {
+        "pipeline_without_augment": no_augment,
+        "profiles": profiles,
         "task": task,
         "batch": batch,
         "cases": n,
@@ -172,19 +231,52 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--steps", type=int, default=20, help="training steps per timed run (about)")
     parser.add_argument("--warmup", type=int, default=2)
     parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--data-root", default=None, help="folder holding each task's data folder (made if absent)")
+    parser.add_argument("--json", default=None, help="also write the rows (and any profiles) to this JSON file")
+    parser.add_argument("--profile-below", type=float, default=0.0, help="profile tasks whose (a)/(b) is below this")
+    parser.add_argument(
+        "--ablate-below", type=float, default=0.0, help="time (a) without augmentation where (a)/(b) is below this"
+    )
     args = parser.parse_args(argv)
     if args.data and len(args.tasks) > 1:
         parser.error("--data goes with one --tasks entry")
+    if args.data and args.data_root:
+        parser.error("--data and --data-root exclude each other")
     device = torch.device(args.device)
     name = torch.cuda.get_device_name(device) if device.type == "cuda" else f"CPU ({torch.get_num_threads()} threads)"
     rows = []
     for task in args.tasks:
+        data = Path(args.data_root) / TASK_DATA[task][0] if args.data_root else args.data
         rows.append(
             benchmark_task(
-                task, device, data_root=args.data, warmup=args.warmup, repeats=args.repeats, steps=args.steps
+                task,
+                device,
+                data_root=data,
+                warmup=args.warmup,
+                repeats=args.repeats,
+                steps=args.steps,
+                profile_below=args.profile_below,
+                ablate_below=args.ablate_below,
             )
         )
-        print(f"{task}: done", flush=True)
+        print(table(rows[-1:], name).splitlines()[2], flush=True)  # each row as soon as it is measured
+        if args.json:
+            Path(args.json).write_text(json.dumps({"device": name, "rows": rows}, indent=1))
+    for row in rows:
+        if row["pipeline_without_augment"] is not None:
+            rate = row["pipeline_without_augment"]
+            print(
+                f"ablation {row['task']}: (a) without augmentation {rate:.1f} samples/s, "
+                f"{rate / row['ceiling']:.2f} x (b) (with augmentation {row['pipeline'] / row['ceiling']:.2f})"
+            )
+        for prof in row["profiles"]:
+            print(
+                f"profile {row['task']} {prof['label']}: {prof['wall_ms_per_step']:.2f} ms wall per step, "
+                f"{prof['gpu_kernel_ms_per_step']:.2f} ms in GPU kernels; most device time: "
+                + ", ".join(f"{name} {ms} ms" for name, ms in prof["top_device_ops"][:5])
+            )
+    if args.json:
+        Path(args.json).write_text(json.dumps({"device": name, "rows": rows}, indent=1))
     print(table(rows, name))
     return 0
 

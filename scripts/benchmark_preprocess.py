@@ -12,6 +12,7 @@ including the host->device->host copies ("with copies"). Prints a table; ratios 
 from __future__ import annotations
 
 import argparse
+import json
 import statistics
 import sys
 import tempfile
@@ -111,6 +112,7 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--slices", type=int, default=300)
     parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--json", default=None, help="also write the rows to this JSON file")
     args = parser.parse_args(argv)
     has_gpu = gpu_available()
     rows: list[tuple[str, float, float | None, float | None]] = []
@@ -136,8 +138,19 @@ def main(argv: list[str] | None = None) -> None:
             out = resize_2d(image, (1024, 832), xp, ndimage)
             return (out - out.mean()) / (out.std() + 1e-6)
 
-        rows.append(("CT RAS+resample 1mm+window+crop", *measure(ct_stage, ct.array, args.repeats, has_gpu)))
+        ct_row = ("CT RAS+resample 1mm+window+crop", *measure(ct_stage, ct.array, args.repeats, has_gpu))
+        rows.append(ct_row)
         rows.append(("MG resize 1024x832+normalise", *measure(mg_stage, mg.array, args.repeats, has_gpu)))
+        # the whole path a site runs once per case: decode (pydicom, CPU in both paths) + the stage (+ copies on GPU)
+        decode = rows[0][1]
+        rows.append(
+            (
+                "CT series -> tensor, end to end (decode+stage)",
+                decode + ct_row[1],
+                None,
+                decode + ct_row[3] if ct_row[3] is not None else None,
+            )
+        )
 
     device = "none (CPU only)"
     if has_gpu:
@@ -151,6 +164,13 @@ def main(argv: list[str] | None = None) -> None:
         ratio = f"{cpu / gpu:8.1f}" if gpu else f"{'-':>8}"
         ratio_c = f"{cpu / gpu_copies:15.1f}" if gpu_copies else f"{'-':>15}"
         print(f"{name:48} {fmt(cpu)} {fmt(gpu)} {fmt(gpu_copies):>13} {ratio} {ratio_c}")
+    if args.json:
+        keys = ("stage", "cpu_s", "gpu_s", "gpu_with_copies_s")
+        Path(args.json).write_text(
+            json.dumps(
+                {"device": device, "repeats": args.repeats, "rows": [dict(zip(keys, r)) for r in rows]}, indent=1
+            )
+        )
 
 
 if __name__ == "__main__":

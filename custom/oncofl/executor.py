@@ -34,8 +34,9 @@ from .algorithms import ALGORITHMS, DPSettings, local_state_keys, scheduled_lr
 from .data import load_split, read_datalist
 from .datacheck import check_site
 from .distributed import SiteGroup, site_devices
-from .engine import DeviceData, Trainer, resolve_device
+from .engine import DeviceData, Trainer, device_memory_note, resolve_device
 from .errors import OncoFLError, SiteConfigError
+from .preprocess import release_gpu_memory
 from .privacy import OutgoingGuard
 from .site_config import SiteConfig, find_site_config, load_site_config
 from .tasks import get_task
@@ -151,10 +152,12 @@ class OncoFLExecutor(Executor):
         started = time.perf_counter()
         train = load_split(cases["training"], self._spec, self._params, config)
         val = load_split(cases["validation"], self._spec, self._params, config)
+        released = release_gpu_memory()  # CuPy's preprocessing pool, handed back before training takes the GPU
         self.log_info(
             fl_ctx,
             f"data ready on {device}: {len(train)} training / {len(val)} validation cases "
-            f"({len(train.skipped) + len(val.skipped)} skipped) in {time.perf_counter() - started:.1f} s",
+            f"({len(train.skipped) + len(val.skipped)} skipped) in {time.perf_counter() - started:.1f} s"
+            + (f"; {released / 2**20:.0f} MiB of preprocessing GPU memory released" if released else ""),
         )
         self._train = DeviceData.from_numpy(train.images, train.labels, device)
         self._val = DeviceData.from_numpy(val.images, val.labels, device)
@@ -300,7 +303,8 @@ class OncoFLExecutor(Executor):
         self.log_info(
             fl_ctx,
             f"round {current_round}: global {key}={global_score:.4f} -> local {key}={local_score:.4f}, "
-            f"loss={stats.mean_loss:.4f}, {stats.steps} steps in {seconds:.1f} s",
+            f"loss={stats.mean_loss:.4f}, {stats.steps} steps in {seconds:.1f} s"
+            + (f"; {note}" if (note := device_memory_note(trainer.device)) else ""),
         )
         extra = {f"{k}_local": v for k, v in local_metrics.items() if k != key}
         meta = {

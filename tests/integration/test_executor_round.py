@@ -5,6 +5,7 @@ import math
 
 import numpy as np
 import pytest
+import torch
 from nvflare.apis.dxo import DXO, DataKind, MetaKey, from_shareable
 from nvflare.apis.fl_constant import ReservedKey, ReturnCode
 from nvflare.apis.fl_context import FLContext
@@ -155,3 +156,31 @@ def test_site_config_cpu_processes_trains_with_ddp_and_cleans_up(tmp_path, monke
         executor.close()
     assert all(not p.is_alive() for p in helpers)
     assert not list((tmp_path / "app" / "ddp").glob("*.npy")), "the training split copy for the ranks is removed"
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA (NCCL)")
+def test_a_gpu_site_trains_through_nccl_ddp(tmp_path, monkeypatch):
+    """The executor's multi-GPU path with NCCL, on a machine with one card: the site's device list is made one GPU
+    long (a real site lists several), so the executor builds its DDP group of one NCCL rank and trains through it."""
+    import oncofl.executor
+
+    config = make_site(tmp_path, n_cases=4, gpu_ids=[0])
+    monkeypatch.setenv(ENV_VAR, str(config))
+    monkeypatch.setattr(oncofl.executor, "site_devices", lambda gpu_ids, cpu_processes=1: [torch.device("cuda", 0)])
+    executor = OncoFLExecutor(local_epochs=2, batch_size=2)
+    executor.bind_site("site-1", tmp_path / "workspace", tmp_path / "app")
+    (tmp_path / "app").mkdir()
+    task, sent = global_model_task()
+    try:
+        result = executor.execute("train", task, fl_context("site-1"), Signal())
+        assert result.get_return_code(ReturnCode.OK) == ReturnCode.OK, result.get_header(ERROR_HEADER)
+        assert executor._group is not None and executor._group.backend == "nccl"
+        assert torch.distributed.get_backend() == "nccl" and executor._trainer._ddp is not None
+        dxo = from_shareable(result)
+        assert all(np.isfinite(v).all() for v in dxo.data.values())
+        assert any(not np.array_equal(dxo.data[k], sent[k]) for k in sent)
+        assert dxo.get_meta_prop(MetaKey.NUM_STEPS_CURRENT_ROUND) == 2 * math.ceil(3 / 2)
+    finally:
+        executor.close()
+    assert not torch.distributed.is_initialized()

@@ -68,3 +68,39 @@ def test_two_gloo_ranks_train_like_one_process_with_double_batch(tmp_path):
     assert all(not p.is_alive() for p in helpers)
     assert not torch.distributed.is_initialized()
     assert not list(tmp_path.glob("ddp_*")), "the group leaves no files behind"
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA (NCCL)")
+def test_one_nccl_rank_on_a_gpu_trains_like_one_process(tmp_path):
+    """The NCCL path on one card: a process group of one rank, so DDP's gradient all-reduce, the broadcast of the
+    global weights and of the abort flag, and the all-reduce of the loss all run through NCCL; the result is one
+    process's."""
+    x, y = data()
+    gpu = torch.device("cuda", 0)
+    single = Trainer(get_task(TASK), gpu, learning_rate=1e-2, seed=7)
+    single.load_state(initial_weights())
+    single_stats = single.train(DeviceData.from_numpy(x, y, gpu), epochs=3, batch_size=8)
+
+    group = SiteGroup([gpu], task=TASK, learning_rate=1e-2, seed=7, network=None, images=x, labels=y, workdir=tmp_path)
+    try:
+        assert group.world == 1 and group.backend == "nccl" and not group.procs
+        assert torch.distributed.get_backend() == "nccl"
+        rank0 = Trainer(get_task(TASK), gpu, learning_rate=1e-2, seed=7)
+        rank0.load_state(initial_weights())
+        train = DeviceData.from_numpy(x, y, gpu)
+        stats = group.train(rank0, train, epochs=3, batch_size=8, should_abort=lambda: False)
+        assert rank0._ddp is not None, "the round did not run through DistributedDataParallel"
+        assert stats.steps == single_stats.steps == 3 * 64 // 8
+        assert stats.mean_loss == pytest.approx(single_stats.mean_loss, rel=1e-4)
+        ddp, ref = rank0.state(), single.state()
+        assert any(not np.array_equal(ddp[k], initial_weights()[k]) for k in ddp)
+        for k in ref:
+            np.testing.assert_allclose(ddp[k], ref[k], rtol=1e-4, atol=1e-5, err_msg=k)
+        calls = iter(range(100))
+        aborted = group.train(rank0, train, epochs=3, batch_size=8, should_abort=lambda: next(calls) >= 2)
+        assert aborted.aborted and aborted.steps == 2
+    finally:
+        group.close()
+    assert not torch.distributed.is_initialized()
+    assert not list(tmp_path.glob("ddp_*"))

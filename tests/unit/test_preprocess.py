@@ -64,3 +64,55 @@ def test_gpu_and_cpu_paths_agree():
     np.testing.assert_allclose(gpu[0], cpu[0], atol=1e-4)  # stated tolerance: 1e-4 on [0, 1] intensities
     assert (gpu[1] != cpu[1]).mean() < 1e-3  # nearest-neighbour ties may break differently
     np.testing.assert_allclose(gpu[2], cpu[2])
+    # CuPy's pool keeps what preprocessing used; a site hands it back to the driver before training
+    preprocess.release_gpu_memory()
+    pool = preprocess.cupy.get_default_memory_pool()
+    assert pool.total_bytes() == pool.used_bytes()
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not preprocess.gpu_available(), reason="needs CUDA and CuPy")
+@pytest.mark.parametrize("task", ["breast_mammo_cls", "lung_nodule_cls"])
+def test_task_cases_load_the_same_on_the_gpu_and_the_cpu(task, tmp_path, monkeypatch):
+    """Each 2D / patch task's whole case loading (DICOM -> network input) through CuPy equals its NumPy/SciPy path."""
+    import importlib
+    from dataclasses import replace
+
+    import scipy.ndimage
+
+    module = importlib.import_module(f"oncofl.tasks.{task}")
+    if task == "breast_mammo_cls":
+        from oncofl import synthetic_mammo
+
+        vendor = replace(synthetic_mammo.SITE_VENDORS["site-2"].scaled(4), n_cases=3)  # MONOCHROME1, 14 bit
+        entries = synthetic_mammo.write_site(tmp_path, "site-2", vendor, seed=0, split=False)["testing"]
+        site = tmp_path / "site-2"
+    else:
+        from oncofl import synthetic_lung
+
+        scanner = replace(synthetic_lung.SITE_SCANNERS["site-1"], n_cases=1)
+        entries = synthetic_lung.write_site(tmp_path, "site-1", scanner, seed=0, split=False)["testing"]
+        site = tmp_path / "site-1"
+    spec, params = module.TASK, module.TASK.params(None)
+
+    def load_all():
+        if hasattr(module, "_volume"):
+            module._volume.cache_clear()
+        return [
+            spec.load_case(
+                site / e["image"], float(e["label"]), {**params, **{k: v for k, v in e.items() if k != "image"}}
+            )
+            for e in entries
+        ]
+
+    assert module._array_modules()[0] is preprocess.cupy
+    on_gpu = load_all()
+    monkeypatch.setattr(module, "_array_modules", lambda: (np, scipy.ndimage))
+    on_cpu = load_all()
+    if hasattr(module, "_volume"):
+        module._volume.cache_clear()
+    assert len(on_gpu) == len(entries) >= 1
+    for (gpu_image, gpu_label), (cpu_image, cpu_label) in zip(on_gpu, on_cpu):
+        assert gpu_image.shape == cpu_image.shape and gpu_image.dtype == cpu_image.dtype == np.float32
+        np.testing.assert_allclose(gpu_image, cpu_image, atol=1e-4)
+        np.testing.assert_array_equal(gpu_label, cpu_label)

@@ -5,7 +5,8 @@ are helper processes started once per job and kept for every round, each holding
 device, so later rounds skip process start-up and data loading. Every round all ranks start from rank 0's weights
 (broadcast), walk one shared shuffled order (rank r takes positions r, r+N, ...) and average gradients through DDP:
 N ranks with batch B train like one process with batch N x B. NCCL on GPUs, gloo on CPUs (``cpu_processes`` in the
-site config: CPU-only sites and tests).
+site config: CPU-only sites and tests). A group of one device is allowed (no helpers; DDP and its NCCL collectives
+over one rank): the GPU checks run the NCCL path that way on a machine with one card.
 """
 
 from __future__ import annotations
@@ -54,8 +55,8 @@ class SiteGroup:
         labels: np.ndarray,
         workdir: Path | None = None,
     ) -> None:
-        if len(devices) < 2:
-            raise ValueError("a site group needs at least two devices")
+        if not devices:
+            raise ValueError("a site group needs at least one device")
         if dist.is_initialized():
             raise RuntimeError("this process already belongs to a torch.distributed group (one DDP site per process)")
         self.world = len(devices)

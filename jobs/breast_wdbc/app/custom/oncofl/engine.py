@@ -36,6 +36,15 @@ def resolve_device(gpu_ids: tuple[int, ...] = (), site: str = "") -> torch.devic
     return torch.device("cuda", 0) if torch.cuda.is_available() else torch.device("cpu")
 
 
+def device_memory_note(device: torch.device) -> str:
+    """This process's peak GPU memory so far, as a site's log reports it each round ('' on the CPU): what torch's
+    allocator handed out and what it held from the driver (the CUDA context, ~0.5 GiB, comes on top)."""
+    if device.type != "cuda":
+        return ""
+    allocated, reserved = torch.cuda.max_memory_allocated(device), torch.cuda.max_memory_reserved(device)
+    return f"peak GPU memory {allocated / 2**30:.2f} GiB allocated, {reserved / 2**30:.2f} GiB reserved"
+
+
 def amp_dtype(device: torch.device) -> torch.dtype | None:
     """bf16 where the GPU has it, fp16 on older GPUs, no autocast on the CPU."""
     if device.type != "cuda":
@@ -49,9 +58,14 @@ def _autocast(device: torch.device, dtype: torch.dtype | None) -> contextlib.Abs
     return torch.autocast(device_type=device.type, dtype=dtype)
 
 
+def _distributed() -> bool:
+    """True when this process belongs to a site's process group (a DDP site, also one of a single rank)."""
+    return torch.distributed.is_available() and torch.distributed.is_initialized()
+
+
 def _world() -> tuple[int, int]:
     """(world size, rank) of this site's process group; (1, 0) for a single-device site."""
-    if torch.distributed.is_available() and torch.distributed.is_initialized():
+    if _distributed():
         return torch.distributed.get_world_size(), torch.distributed.get_rank()
     return 1, 0
 
@@ -207,7 +221,8 @@ class Trainer:
             for group in self.optimizer.param_groups:
                 group["lr"] = float(learning_rate)
         world, rank = _world()
-        if world > 1:
+        distributed = _distributed()  # a process group of any size, one rank included: DDP and its collectives
+        if distributed:
             if scaffold_controls is not None or self.privacy is not None:
                 raise ValueError("SCAFFOLD and DP-SGD run on one device per site; this site is configured with several")
             self._sync_from_rank0()  # rank 0 loaded this round's global weights
@@ -222,16 +237,19 @@ class Trainer:
 
             prox = PTFedProxLoss(mu=self.proximal_mu)
         controls = self._start_scaffold(scaffold_controls) if scaffold_controls is not None else None
-        model = self._ddp_model() if world > 1 else (self._dp_model or self.model)
+        model = self._ddp_model() if distributed else (self._dp_model or self.model)
         augment_generator = self.generator if world == 1 else self._rank_generator(rank)
         model.train()
-        steps, total = 0, 0.0
+        steps = 0
+        # the loss is summed on the device and read once per round: a read per step would make the host wait for
+        # the device at every step, and the next step's launches could not queue behind the running one
+        total = torch.zeros((), dtype=torch.float64, device=self.device)
         for _ in range(epochs):
             for images, labels in self._epoch_batches(data, batch_size, world, rank):
                 if self.has_batchnorm and len(images) < 2 <= len(data):
                     continue  # a lone last sample (reshuffled next epoch): BatchNorm cannot train on one
-                if self._abort_requested(should_abort, world):
-                    return RoundStats(steps * world, total / max(steps, 1), aborted=True)
+                if self._abort_requested(should_abort, distributed):
+                    return RoundStats(steps * world, float(total) / max(steps, 1), aborted=True)
                 if self.privacy is not None:
                     self.privacy.step()  # every Poisson-sampled step is accounted, even an empty one
                     if len(images) == 0:
@@ -242,7 +260,7 @@ class Trainer:
                 self.optimizer.zero_grad(set_to_none=True)
                 with _autocast(self.device, self.dtype):
                     loss = self.loss_fn(model(images), labels)
-                total += float(loss.detach())
+                total += loss.detach().to(torch.float64)
                 if prox is not None:
                     loss = loss + prox(self.model, reference)
                 self.scaler.scale(loss).backward()  # DDP averages the gradients of all ranks here
@@ -254,8 +272,8 @@ class Trainer:
         if controls is not None and steps:
             self._scaffold.terms_update(self.model, self._lr(), *controls, reference)
             self.scaffold_delta = {k: np.asarray(v) for k, v in self._scaffold.get_delta_controls().items()}
-        mean = total / max(steps, 1)
-        if world > 1:  # the mean loss over every rank, so all ranks agree (and raise) together
+        mean = float(total) / max(steps, 1)
+        if distributed:  # the mean loss over every rank, so all ranks agree (and raise) together
             summed = torch.tensor([mean], dtype=torch.float64, device=self._comm_device())
             torch.distributed.all_reduce(summed)
             mean = float(summed) / world
@@ -313,8 +331,8 @@ class Trainer:
             self._aug_generator.manual_seed(int(self.generator.initial_seed()) + 1000 + rank)
         return self._aug_generator
 
-    def _abort_requested(self, should_abort: Callable[[], bool], world: int) -> bool:
-        if world == 1:
+    def _abort_requested(self, should_abort: Callable[[], bool], distributed: bool) -> bool:
+        if not distributed:
             return should_abort()
         flag = torch.tensor([1 if should_abort() else 0], device=self._comm_device())
         torch.distributed.broadcast(flag, src=0)  # rank 0 hears FLARE's abort; every rank stops at the same step

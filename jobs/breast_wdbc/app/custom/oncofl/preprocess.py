@@ -35,6 +35,18 @@ def gpu_available() -> bool:
         return False
 
 
+def release_gpu_memory() -> int:
+    """Give the device memory that CuPy's pools keep after preprocessing back to the driver, so that training (torch)
+    can use it; returns the bytes released (0 without CuPy or a GPU)."""
+    if not gpu_available():
+        return 0
+    pool = cupy.get_default_memory_pool()
+    held = pool.total_bytes() - pool.used_bytes()
+    pool.free_all_blocks()
+    cupy.get_default_pinned_memory_pool().free_all_blocks()
+    return int(held)
+
+
 def modules(use_gpu: bool) -> tuple[ModuleType, ModuleType]:
     """(array module, ndimage module): CuPy on the GPU, else NumPy/SciPy."""
     if use_gpu and gpu_available():
