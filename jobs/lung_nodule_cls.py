@@ -1,48 +1,14 @@
-"""Definition of the ``lung_nodule_cls`` FLARE job; running it (re)writes the job folder ``jobs/lung_nodule_cls/``.
+"""Writes the job folder ``jobs/lung_nodule_cls/`` from the job's definition in the installed package
+(:mod:`oncofl.jobs.lung_nodule_cls`); options: ``--help``. The same as ``oncofl job export lung_nodule_cls``.
 
-    python jobs/lung_nodule_cls.py                          # regenerate the committed job folder
-    python jobs/lung_nodule_cls.py --out /tmp/jobs --num-rounds 15
-
-Lung nodule malignancy from chest CT (task ``lung_nodule_cls``), the shared FedAvg job shape.
+    python jobs/lung_nodule_cls.py                          # regenerate the committed job folder (settings only)
 """
 
-from __future__ import annotations
-
-import sys
 from pathlib import Path
-from typing import Any
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
+from oncofl.jobs.lung_nodule_cls import export, main
 
-from fedavg import build_fedavg_job, cli  # noqa: E402
-from fedavg import export as export_job  # noqa: E402
-
-JOB_NAME = "lung_nodule_cls"
-
-
-def export(
-    out_dir: str | Path,
-    *,
-    num_rounds: int = 8,
-    min_clients: int = 2,
-    local_epochs: int = 3,
-    batch_size: int = 8,
-    learning_rate: float = 1e-3,
-    **options: Any,
-) -> Path:
-    """Write ``<out_dir>/lung_nodule_cls/`` and return it."""
-    job = build_fedavg_job(
-        JOB_NAME,
-        task="lung_nodule_cls",
-        num_rounds=num_rounds,
-        min_clients=min_clients,
-        local_epochs=local_epochs,
-        batch_size=batch_size,
-        learning_rate=learning_rate,
-        **options,
-    )
-    return export_job(job, out_dir)
-
+__all__ = ["export"]
 
 if __name__ == "__main__":
-    cli(export, __doc__)
+    main(default_out=str(Path(__file__).resolve().parent))

@@ -30,17 +30,15 @@ import time
 from dataclasses import replace
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parents[1]
-sys.path[:0] = [str(REPO / "custom"), str(REPO)]
+import numpy as np
+import torch
 
-import numpy as np  # noqa: E402
-import torch  # noqa: E402
-
-from oncofl.data import load_split, read_datalist  # noqa: E402
-from oncofl.engine import DeviceData, Trainer, _autocast  # noqa: E402
-from oncofl.site_config import load_site_config  # noqa: E402
-from oncofl.tasks import get_task  # noqa: E402
-from scripts.run_simulator import TASK_DATA, executor_args  # noqa: E402
+from oncofl.data import load_split, read_datalist
+from oncofl.engine import DeviceData, Trainer, _autocast
+from oncofl.jobs import definition
+from oncofl.simulate import TASK_DATA, executor_args
+from oncofl.site_config import load_site_config
+from oncofl.tasks import get_task
 
 JOBS = {
     "prostate_seg": "prostate_mri_seg",
@@ -117,7 +115,8 @@ def benchmark_task(
     ablate_below: float = 0.0,
 ) -> dict:
     spec = get_task(task)
-    args = executor_args(REPO / "jobs" / JOBS[task])
+    with tempfile.TemporaryDirectory() as tmp:  # the job as committed: its definition's defaults
+        args = executor_args(definition(JOBS[task]).export(Path(tmp)))
     batch, network, lr = args.get("batch_size", 4), args.get("network"), args.get("learning_rate", 1e-3)
     config = site_data(task, data_root)
     split = load_split(read_datalist(config)["training"], spec, spec.params(args.get("preprocess")), config)

@@ -14,7 +14,6 @@ from __future__ import annotations
 import argparse
 import json
 import statistics
-import sys
 import tempfile
 import time
 from dataclasses import replace
@@ -22,12 +21,10 @@ from pathlib import Path
 
 import numpy as np
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "custom"))
-
-from oncofl.dicom.mammo import read_projection  # noqa: E402
-from oncofl.dicom.series import read_series  # noqa: E402
-from oncofl.preprocess import crop_or_pad, gpu_available, modules, resample, resize_2d, to_ras, window  # noqa: E402
-from oncofl.synthetic import SITE_PROFILES, write_dicom_series  # noqa: E402
+from oncofl.dicom.mammo import read_projection
+from oncofl.dicom.series import read_series
+from oncofl.preprocess import crop_or_pad, gpu_available, modules, resample, resize_2d, to_ras, window
+from oncofl.synthetic import SITE_PROFILES, write_dicom_series
 
 
 def timed(fn, repeats: int, sync=lambda: None) -> float:

@@ -20,18 +20,15 @@ import tempfile
 import time
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parents[1]
-sys.path[:0] = [str(REPO / "custom"), str(REPO)]
+import torch
 
-import torch  # noqa: E402
-
-from jobs.prostate_mri_seg import export  # noqa: E402
-from oncofl import synthetic  # noqa: E402
-from oncofl.data import load_split, read_datalist  # noqa: E402
-from oncofl.engine import DeviceData, Trainer, resolve_device  # noqa: E402
-from oncofl.site_config import load_site_config  # noqa: E402
-from oncofl.tasks import get_task  # noqa: E402
-from scripts.run_simulator import executor_args, run_simulator  # noqa: E402
+from oncofl import synthetic
+from oncofl.data import load_split, read_datalist
+from oncofl.engine import DeviceData, Trainer, resolve_device
+from oncofl.jobs.prostate_mri_seg import export
+from oncofl.simulate import executor_args, run_simulator
+from oncofl.site_config import load_site_config
+from oncofl.tasks import get_task
 
 ROUND_LINE = re.compile(r"round (\d+): global .* (\d+) steps in ([\d.]+) s")
 

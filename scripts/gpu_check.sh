@@ -10,9 +10,9 @@
 #               side: held-out metric initial -> final, and each site's peak GPU memory (tests/e2e/test_gpu_jobs.py)
 #        bench  scripts/benchmark.py: (a) site pipeline, (b) compute-only ceiling, (c) naive MONAI DataLoader
 #        prep   scripts/benchmark_preprocess.py: DICOM series -> normalized tensor, GPU (CuPy) vs CPU
-# The machine needs torch (CUDA) and CuPy; nvflare, monai, pydicom, nibabel and nvflare's own needs travel as wheels in
-# .whl/ (see docs/benchmarks.md, "GPU evidence"). Logs and JSON go to $OUT (the device tool's folder) or
-# /tmp/oncofl_gpu_out.
+# The machine needs torch (CUDA) and CuPy; nvflare, monai, pydicom, nibabel, nvflare's own needs and setuptools travel
+# as wheels in .whl/ (see docs/benchmarks.md, "GPU evidence"); oncofl is then installed from this checkout. Logs and
+# JSON go to $OUT (the device tool's folder) or /tmp/oncofl_gpu_out.
 set -uo pipefail
 cd "$(dirname "$0")/.."
 RESULTS="${OUT:-/tmp/oncofl_gpu_out}"
@@ -22,6 +22,11 @@ PY="${PYTHON:-python3}"
 if [ -d .whl ]; then
   "$PY" -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl \
     && export PYTHONPATH="/tmp/site${PYTHONPATH:+:$PYTHONPATH}" || exit 1
+fi
+# oncofl itself, installed from this checkout as a site installs it (setuptools >= 70.1: carry its wheel in .whl/)
+if ! "$PY" -c "import oncofl" 2>/dev/null; then
+  "$PY" -m pip install -q --no-index --no-deps --no-build-isolation --target /tmp/site . \
+    && export PYTHONPATH="/tmp/site${PYTHONPATH:+:$PYTHONPATH}" PATH="/tmp/site/bin:$PATH" || exit 1
 fi
 export PYTHONUNBUFFERED=1 ONCOFL_GPU_DATA="$WORK/data" ONCOFL_GPU_REPORT="$RESULTS"
 STEPS="${*:-tests jobs bench prep}"
@@ -50,7 +55,6 @@ if wants jobs || wants bench; then
 import os, sys
 from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
-sys.path[:0] = ["custom", "."]
 from oncofl import synthetic, synthetic_lung, synthetic_mammo
 root = Path(os.environ["ONCOFL_GPU_DATA"])
 work = [(synthetic.generate, "synthetic", {}), (synthetic_mammo.generate, "synthetic_mammo", {"scale": 4}),

@@ -15,14 +15,10 @@ import argparse
 import statistics
 import sys
 import time
-from pathlib import Path
 
 import numpy as np
 
-REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO / "custom"))
-
-from oncofl.tasks import TASK_NAMES, get_task  # noqa: E402
+from oncofl.tasks import TASK_NAMES, get_task
 
 SLOTS = 4096
 

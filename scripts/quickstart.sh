@@ -4,4 +4,4 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup_env.sh
-exec .venv/bin/python scripts/run_simulator.py "$@"
+exec .venv/bin/oncofl simulate "$@"

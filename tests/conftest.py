@@ -3,16 +3,14 @@
 from __future__ import annotations
 
 import json
-import sys
 from dataclasses import replace
 from pathlib import Path
 
 import pytest
 
-REPO = Path(__file__).resolve().parents[1]
-sys.path[:0] = [str(REPO / "custom"), str(REPO)]
+from oncofl import synthetic  # the installed package (scripts/setup_env.sh: pip install -e .)
 
-from oncofl import synthetic  # noqa: E402
+REPO = Path(__file__).resolve().parents[1]
 
 
 @pytest.fixture(scope="session")

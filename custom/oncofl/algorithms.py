@@ -1,6 +1,6 @@
 """The site side of the federated algorithms a job can choose, and differential privacy settings.
 
-A job picks one ``algorithm`` (see ``jobs/fedavg.py``); the site part is:
+A job picks one ``algorithm`` (see :mod:`oncofl.jobs.builder`); the site part is:
 
 * ``fedavg`` / ``fedopt``: plain local training (FedOpt differs on the server only: Adam on the aggregated update);
 * ``fedprox``: local loss + mu/2 ||w - w_global||^2 (FLARE's ``PTFedProxLoss``), which keeps heterogeneous sites

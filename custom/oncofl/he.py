@@ -1,10 +1,10 @@
 """Homomorphic encryption (CKKS, TenSEAL) of model updates: the server sums what it cannot read.
 
-Jobs built with ``--he`` (see ``jobs/fedavg.py``) use FLARE's HE components: each site encrypts its result
+Jobs built with ``--he`` (see :mod:`oncofl.jobs.builder`) use FLARE's HE components: each site encrypts its result
 (``HEModelEncryptor``) with the consortium's CKKS key from its startup kit (``client_context.tenseal``), the server
 aggregates ciphertexts (``HEInTimeAccumulateWeightedAggregator``) holding only the public context
 (``server_context.tenseal``), and sites decrypt the global model they receive (``HEModelDecryptor``). The kits come
-from provisioning with FLARE's ``HEBuilder`` (``poc/pocctl.py prepare --he``, or in ``provisioning/project.yml``);
+from provisioning with FLARE's ``HEBuilder`` (``oncofl poc prepare --he``, or in ``provisioning/project.yml``);
 the FLARE simulator has no startup kits, so HE jobs run in POC or production.
 """
 

@@ -134,6 +134,16 @@ class SiteUpdateGuard(Filter):
         self.max_update_norm = max_update_norm
         patterns = list(self.DEFAULT_EXCLUDE if exclude_vars is None else exclude_vars)
         self.exclude = [re.compile(p) for p in patterns]
+        self._announced = False
+
+    def _announce(self, fl_ctx: FLContext) -> None:
+        """Once per job: which code this guard is (the site's installed oncofl, not anything a job brought)."""
+        if not self._announced:
+            from .provenance import PACKAGE, describe, installed
+
+            here = installed()
+            self.log_info(fl_ctx, f"site privacy guard: {describe(here['version'], here['code_sha256'])} at {PACKAGE}")
+            self._announced = True
 
     def process(self, shareable: Shareable, fl_ctx: FLContext) -> Shareable:
         from nvflare.apis.fl_constant import FilterKey, FLContextKey
@@ -147,6 +157,7 @@ class SiteUpdateGuard(Filter):
             return shareable  # an error reply or a non-DXO message: nothing numeric to guard
         if dxo.data_kind not in (DataKind.WEIGHTS, DataKind.WEIGHT_DIFF):
             return shareable
+        self._announce(fl_ctx)
         if incoming:
             if dxo.get_meta_prop(MetaKey.PROCESSED_ALGORITHM):  # HE ciphertext: no plaintext reference to keep
                 _RECEIVED[task_id] = _ENCRYPTED

@@ -60,7 +60,7 @@ class ParticipationMonitor(FLComponent):
     and ``participation.json`` in the job's server workspace (downloaded with the job's results) lists every round's
     contributors and the sites that dropped, so a shortened round is never silently mistaken for a full one.
     FLARE 2.9 does not hand a running job to a client that restarts: a dropped site stays out until the next job
-    (``poc/pocctl.py resume`` continues training from the last global model with every site).
+    (``oncofl poc resume`` continues training from the last global model with every site).
     """
 
     FILE_NAME = "participation.json"

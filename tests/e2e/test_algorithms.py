@@ -11,7 +11,7 @@ from concurrent.futures import ThreadPoolExecutor
 import pytest
 
 from oncofl import wdbc
-from scripts.evidence_report import Scorer, job_settings, run_federated
+from oncofl.report import Scorer, job_settings, run_federated
 
 pytestmark = pytest.mark.slow
 

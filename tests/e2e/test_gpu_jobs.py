@@ -24,7 +24,7 @@ import pytest
 import torch
 
 from oncofl.evaluation import holdout_metric
-from scripts.run_simulator import TASK_DATA, executor_args, run_simulator
+from oncofl.simulate import TASK_DATA, executor_args, run_simulator
 
 SITES = ["site-1", "site-2", "site-3"]
 CARD_GIB = 24.0  # the smallest card a site is told it can use
@@ -119,7 +119,7 @@ def site_peaks(workspace: Path) -> dict[str, tuple[float, float]]:
 @pytest.mark.parametrize("task", list(JOBS))
 def test_committed_job_learns_on_the_gpu_and_fits_a_24_gb_card(task, tmp_path):
     data = task_data(task, tmp_path)
-    definition = importlib.import_module(f"jobs.{JOBS[task][0]}")
+    definition = importlib.import_module(f"oncofl.jobs.{JOBS[task][0]}")
     job = definition.export(tmp_path / "jobs", min_clients=3)
     sampler = DeviceMemorySampler(tmp_path / "ws")
     sampler.start()

@@ -13,9 +13,9 @@ import psutil
 import pytest
 import torch
 
-from jobs.prostate_mri_seg import export
+from oncofl.deploy.poc import LEAD, ORG_ADMIN, PROJECT_ADMIN, SERVER, SITES, JobResults, Poc
 from oncofl.evaluation import holdout_metric
-from poc.pocctl import LEAD, ORG_ADMIN, PROJECT_ADMIN, SERVER, SITES, JobResults, Poc
+from oncofl.jobs.prostate_mri_seg import export
 from tests.e2e.test_simulator import identifiers
 
 pytestmark = pytest.mark.slow

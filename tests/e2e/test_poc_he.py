@@ -11,8 +11,8 @@ import torch
 
 from jobs.breast_wdbc import export
 from oncofl import wdbc
+from oncofl.deploy.poc import SERVER, SITES, JobResults, Poc
 from oncofl.evaluation import holdout_metric
-from poc.pocctl import SERVER, SITES, JobResults, Poc
 from tests.e2e.test_poc import free_port, stop_and_check
 
 pytestmark = pytest.mark.slow

@@ -16,10 +16,11 @@ import time
 import pytest
 import torch
 
+from oncofl.deploy.poc import JobResults, start_kit
+from oncofl.deploy.provision import Consortium
+from oncofl.deploy.site import configure
 from oncofl.evaluation import holdout_metric
-from poc.pocctl import JobResults, start_kit
-from provisioning.provision import Consortium
-from provisioning.site_setup import configure
+from oncofl.provenance import PACKAGE, describe, installed
 from tests.conftest import REPO
 from tests.e2e.test_poc import free_port, kill_processes, processes_under, stop_and_check
 from tests.e2e.test_simulator import identifiers
@@ -85,13 +86,15 @@ def test_lead_submits_the_prostate_job_through_the_console_and_it_learns(consort
     meta = consortium.wait(job_id, timeout=900)
     assert meta["status"] == "FINISHED:COMPLETED", meta
     assert meta["submitter_name"] == consortium.lead and meta["submitter_role"] == "lead"
-    assert (
-        meta["byoc"] is True
-    )  # our jobs carry their code: FLARE checks the submitter's byoc right, not the allow-list
+    assert not meta.get("byoc")  # settings only: every class comes from the oncofl installed at the site
 
-    # every update and the submitted model passed each site's own privacy scope (the job configures no such filter)
+    # every update and the submitted model passed each site's own privacy scope (the job configures no such filter),
+    # and the guard that ran is the site's installed oncofl
+    here = installed()
+    guard_line = f"site privacy guard: {describe(here['version'], here['code_sha256'])} at {PACKAGE}"
     for site in SITES:
         log = (consortium.kit(site) / job_id / "log.txt").read_text()
+        assert guard_line in log, f"{site}: the guard did not say which code it is"
         guarded = GUARD_LINE.findall(log)
         assert len(guarded) == 5 + 1, f"{site}: {len(guarded)} guarded results"  # 5 rounds + submit_model
         norms = [float(norm) for _, _, norm in guarded]
@@ -120,6 +123,27 @@ def test_org_admin_and_member_submissions_are_refused(consortium):
         out = consortium.admin_console([f"submit_job {job}", "bye"], user=user)
         assert f"user '{user}' is not authorized for 'submit_job'" in out, out[-2000:]
         assert not JOB_ID.search(out), out[-2000:]
+
+
+def test_a_job_carrying_its_own_oncofl_cannot_replace_the_sites_guard(consortium, tmp_path):
+    """An attacker with the lead's kit ships oncofl in the job (research mode's --ship-code) with a SiteUpdateGuard
+    that lets every update through unbounded. FLARE builds a site's privacy filters inside the job's process, where
+    the job's code would shadow the installed package; so such a job must not run at all: nobody has the byoc right."""
+    from oncofl.jobs import prostate_mri_seg
+
+    job = prostate_mri_seg.export(tmp_path / "jobs", ship_code=True)
+    privacy = job / "app" / "custom" / "oncofl" / "privacy.py"
+    privacy.write_text(
+        privacy.read_text() + "\n\nclass SiteUpdateGuard(Filter):  # weakened\n"
+        "    def __init__(self, **kwargs):\n        super().__init__()\n\n"
+        "    def process(self, shareable, fl_ctx):\n        return shareable\n"
+    )
+    job_id = consortium.submit(job, via="console", user=consortium.lead)  # FLARE checks BYOC where it deploys
+    meta = consortium.wait(job_id, timeout=300)
+    assert meta["status"] == "FINISHED:FAILED_TO_RUN", meta
+    assert meta.get("byoc") is True  # FLARE derives it from the job's contents, whatever meta.json says
+    assert "BYOC not permitted" in str(meta.get("job_deploy_detail")), meta
+    assert not any((consortium.kit(site) / job_id / "log.txt").exists() for site in SITES)  # nothing ran anywhere
 
 
 def test_job_naming_a_scope_the_sites_do_not_define_is_refused_by_them(consortium, tmp_path):

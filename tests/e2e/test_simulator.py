@@ -6,9 +6,9 @@ import shutil
 import pydicom
 import pytest
 
-from jobs.prostate_mri_seg import export
 from oncofl.evaluation import holdout_metric
-from scripts.run_simulator import run_simulator
+from oncofl.jobs.prostate_mri_seg import export
+from oncofl.simulate import run_simulator
 from tests.conftest import REPO
 
 SITES = ["site-1", "site-2", "site-3"]
@@ -149,7 +149,7 @@ def test_imaging_classification_jobs_learn(tmp_path, task, make_data, job_kwargs
     import importlib
 
     generator = importlib.import_module(f"oncofl.{make_data}")
-    definition = importlib.import_module(f"jobs.{task}")
+    definition = importlib.import_module(f"oncofl.jobs.{task}")
     data = generator.generate(tmp_path / "data", seed=0)
     job = definition.export(tmp_path / "jobs", **job_kwargs)
     result = run_simulator(
@@ -173,3 +173,32 @@ def test_imaging_classification_jobs_learn(tmp_path, task, make_data, job_kwargs
     assert sorted(cross) == SITES and all(
         set(cross[s]) == {"SRV_FL_global_model.pt", "SRV_best_FL_global_model.pt", *SITES} for s in SITES
     )
+
+
+def test_a_job_built_for_other_oncofl_code_is_refused_at_its_start(tmp_path):
+    """A job names the oncofl it was built for; the server and every site compare it with the oncofl installed there
+    when the job starts and refuse it -- one line naming both versions and the fix -- before any data is read."""
+    from oncofl import wdbc
+    from oncofl.jobs import breast_wdbc
+    from oncofl.provenance import installed
+
+    data = wdbc.generate(tmp_path / "data", seed=0)
+    job = breast_wdbc.export(tmp_path / "jobs", num_rounds=2)
+    for side in ("client", "server"):
+        path = job / f"app/config/config_fed_{side}.json"
+        config = json.loads(path.read_text())
+        (check,) = [c for c in config["components"] if c["id"] == "oncofl_provenance"]
+        check["args"]["version"] = "0.1.9"  # built with an older release than the one installed
+        path.write_text(json.dumps(config))
+    result = run_simulator(job, tmp_path / "ws", data / "site_configs", SITES, timeout=600, log_file=tmp_path / "s.log")
+    assert result.returncode != 0
+    here = installed()
+    code = here["code_sha256"][:12]
+    for who, log in [("simulator_server", result.server_log), *((s, tmp_path / "ws" / s / "log.txt") for s in SITES)]:
+        text = log.read_text()
+        assert (
+            f"refused: the job was built for oncofl 0.1.9 (code {code}) but {who} has oncofl {here['version']} "
+            f"(code {code}) installed. Fix: install the consortium's oncofl 0.1.9 wheel" in text
+        ), who
+        assert "data ready" not in text and "round 0:" not in text  # nothing read, nothing trained
+    assert not result.global_model.exists()

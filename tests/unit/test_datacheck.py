@@ -30,15 +30,11 @@ def test_check_script_exit_codes(tmp_path):
     import subprocess
     import sys
 
-    from tests.conftest import REPO
-
     config = make_site(tmp_path, n_cases=3)
-    script = REPO / "scripts" / "check_site_data.py"
-    ok = subprocess.run(
-        [sys.executable, str(script), "--config", str(config), "--json"], capture_output=True, text=True
-    )
+    script = ["-m", "oncofl.cli", "check-site"]  # `oncofl check-site`
+    ok = subprocess.run([sys.executable, *script, "--config", str(config), "--json"], capture_output=True, text=True)
     assert ok.returncode == 0 and json.loads(ok.stdout)["cases"] == {"training": 2, "validation": 1}
     missing = subprocess.run(
-        [sys.executable, str(script), "--config", str(tmp_path / "nope.json")], capture_output=True, text=True
+        [sys.executable, *script, "--config", str(tmp_path / "nope.json")], capture_output=True, text=True
     )
     assert missing.returncode == 2 and "does not exist" in missing.stderr

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from scripts.evidence_report import write_report
+from oncofl.report import write_report
 
 
 def _row(held_out: float, per_site: dict[str, float], curve: list[float] | None = None) -> dict:

@@ -1,20 +1,15 @@
-"""scripts/flare_simulator.py: each simulator worker is told its own client's name, whatever the shared dict says."""
+"""oncofl.flare_simulator: each simulator worker is told its own client's name, whatever the shared dict says."""
 
 from __future__ import annotations
 
-import sys
 import threading
 from multiprocessing.connection import Listener
-from pathlib import Path
 from types import SimpleNamespace
 
 from nvflare.private.fed.app.simulator.simulator_runner import SimulatorClientRunner
 from nvflare.private.fed.simulator.simulator_const import SimulatorConstants
 
-REPO = Path(__file__).resolve().parents[2]
-sys.path.insert(0, str(REPO / "scripts"))
-
-import flare_simulator  # noqa: E402
+from oncofl import flare_simulator
 
 
 def test_a_worker_gets_the_client_of_its_own_workspace_when_threads_race(tmp_path):

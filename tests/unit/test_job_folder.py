@@ -77,32 +77,34 @@ def test_job_wires_the_documented_workflow():
     executor = client["executors"][0]
     assert set(executor["tasks"]) == {"train", "validate", "submit_model"}
     assert executor["executor"]["args"]["task"] == "prostate_seg"
-    assert (JOB / "app/custom/oncofl/__init__.py").is_file()
-
-
-def test_adding_a_task_changes_no_other_job_folder(tmp_path, monkeypatch):
-    """A job ships the shared package and its own task only: a new task module leaves every other job as it is."""
-    import shutil
-
-    sys.path.insert(0, str(REPO / "jobs"))
-    import breast_wdbc
-    import fedavg
-
-    package = tmp_path / "oncofl"
-    shutil.copytree(fedavg.PACKAGE, package, ignore=shutil.ignore_patterns("__pycache__"))
-    (package / "tasks" / "fourth_task.py").write_text('"""A new task."""\n')
-    (package / "synthetic_fourth.py").write_text('"""Its demo data."""\n')
-    monkeypatch.setattr(fedavg, "PACKAGE", package)
-    breast_wdbc.export(tmp_path / "out")
-    assert not _diff(REPO / "jobs" / "breast_wdbc", tmp_path / "out" / "breast_wdbc")
 
 
 @pytest.mark.parametrize("name", JOBS)
-def test_job_ships_only_its_own_task(name):
-    config = json.loads((REPO / "jobs" / name / "app/config/config_fed_client.json").read_text())
-    task = config["executors"][0]["executor"]["args"]["task"]
-    shipped = sorted(p.name for p in (REPO / "jobs" / name / "app/custom/oncofl/tasks").glob("*.py"))
-    assert [n for n in shipped if not n.startswith("_")] == [f"{task}.py"]
+def test_job_folder_holds_settings_only_and_names_the_oncofl_it_was_built_for(name):
+    """No code travels with a job: its components come from the oncofl installed at each site and the server, and
+    both sides check at the job's start that it is the version and code the job was built for."""
+    from oncofl.provenance import installed
+
+    folder = REPO / "jobs" / name
+    files = sorted(str(p.relative_to(folder)) for p in folder.rglob("*") if p.is_file())
+    assert files == ["app/config/config_fed_client.json", "app/config/config_fed_server.json", "meta.json"]
+    for side in ("client", "server"):
+        config = json.loads((folder / f"app/config/config_fed_{side}.json").read_text())
+        (check,) = [c for c in config["components"] if c["id"] == "oncofl_provenance"]
+        assert check["path"] == "oncofl.provenance.ProvenanceCheck" and check["args"] == installed()
+
+
+def test_ship_code_is_explicit_and_ships_only_the_jobs_own_task(tmp_path):
+    """Research mode (--ship-code): the package travels in app/custom, without demo-data writers and other tasks."""
+    from oncofl.jobs import breast_wdbc
+
+    job = breast_wdbc.export(tmp_path, ship_code=True)
+    shipped = job / "app/custom/oncofl"
+    assert (shipped / "privacy.py").is_file() and (shipped / "executor.py").is_file()
+    tasks = sorted(p.name for p in (shipped / "tasks").glob("*.py") if not p.name.startswith("_"))
+    assert tasks == ["breast_wdbc.py"]
+    assert not list(shipped.glob("synthetic*.py")) and not (shipped / "wdbc.py").exists()
+    assert not (breast_wdbc.export(tmp_path / "plain") / "app/custom").exists()
 
 
 @pytest.mark.parametrize(
@@ -123,8 +125,7 @@ def test_job_ships_only_its_own_task(name):
     ],
 )
 def test_each_algorithm_option_wires_its_components(tmp_path, options, workflow, generator, aggregator):
-    sys.path.insert(0, str(REPO / "jobs"))
-    import breast_wdbc
+    from oncofl.jobs import breast_wdbc
 
     job = breast_wdbc.export(tmp_path, num_rounds=7, **options)
     server = json.loads((job / "app/config/config_fed_server.json").read_text())
@@ -143,8 +144,7 @@ def test_each_algorithm_option_wires_its_components(tmp_path, options, workflow,
 
 
 def test_unknown_algorithm_and_options_are_refused(tmp_path):
-    sys.path.insert(0, str(REPO / "jobs"))
-    import breast_wdbc
+    from oncofl.jobs import breast_wdbc
 
     with pytest.raises(ValueError, match="unknown algorithm"):
         breast_wdbc.export(tmp_path, algorithm="fedsgd")
@@ -178,8 +178,7 @@ def test_unknown_algorithm_and_options_are_refused(tmp_path):
     ],
 )
 def test_fedopt_server_optimizer_adam_or_fedavgm(tmp_path, options, path, args):
-    sys.path.insert(0, str(REPO / "jobs"))
-    import breast_wdbc
+    from oncofl.jobs import breast_wdbc
 
     job = breast_wdbc.export(tmp_path, algorithm="fedopt", **options)
     server = json.loads((job / "app/config/config_fed_server.json").read_text())
@@ -189,8 +188,7 @@ def test_fedopt_server_optimizer_adam_or_fedavgm(tmp_path, options, path, args):
 
 
 def test_init_seed_option_seeds_the_server_model_and_the_sites_network_alike(tmp_path):
-    sys.path.insert(0, str(REPO / "jobs"))
-    import breast_mammo_cls
+    from oncofl.jobs import breast_mammo_cls
 
     job = breast_mammo_cls.export(tmp_path, small_network=True, init_seed=3)
     server = json.loads((job / "app/config/config_fed_server.json").read_text())

@@ -5,8 +5,8 @@ import json
 
 import yaml
 
+from oncofl.deploy.poc import LEAD, ORG_ADMIN, PROJECT_ADMIN, PROJECT_FILE, SERVER, SITES, Poc
 from oncofl.site_config import load_site_config
-from poc.pocctl import LEAD, ORG_ADMIN, PROJECT_ADMIN, PROJECT_FILE, SERVER, SITES, Poc
 
 
 def test_project_lists_the_hospitals_and_admin_roles():
@@ -38,7 +38,7 @@ def test_prepare_writes_kits_site_configs_and_gpu_binding(tmp_path, synthetic_da
 
 
 def test_staged_job_names_gpu_needs_per_site(tmp_path):
-    from jobs.prostate_mri_seg import export
+    from oncofl.jobs.prostate_mri_seg import export
 
     job = export(tmp_path / "jobs", num_rounds=1)
     poc = Poc(tmp_path / "poc")

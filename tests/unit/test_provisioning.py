@@ -19,9 +19,10 @@ from nvflare.apis.fl_context import FLContext
 from nvflare.apis.workspace import Workspace
 from nvflare.private.fed.app.fl_conf import create_privacy_manager
 
+from oncofl.deploy.builders import TEMPLATES
+from oncofl.deploy.provision import PROJECT_FILE, Consortium, rehearsal_project
+from oncofl.deploy.site import GUARD, SetupError, check_identity, check_signatures, configure, preflight
 from oncofl.privacy import PHIGuardFilter, SiteUpdateGuard
-from provisioning.provision import PROJECT_FILE, Consortium, rehearsal_project
-from provisioning.site_setup import GUARD, SetupError, check_identity, check_signatures, configure, preflight
 from tests.conftest import REPO
 
 ROLES = {"project_admin", "org_admin", "lead", "member"}
@@ -64,24 +65,86 @@ def test_kits_carry_the_site_templates_and_a_verified_signature(provisioned):
     for site in provisioned.site_names:
         kit = provisioned.kit(site)
         local = kit / "local"
-        assert json.loads((local / "privacy.json").read_text()) == json.loads(
-            (REPO / "provisioning" / "site_templates" / "privacy.json").read_text()
-        )
+        assert json.loads((local / "privacy.json").read_text()) == json.loads((TEMPLATES / "privacy.json").read_text())
         resources = json.loads((local / "resources.json").read_text())
         assert resources["allow_log_streaming"] is False  # local error logs name files: they stay at the site
         assert not any(c["id"] == "site_log_streamer" for c in resources["components"])
         assert resources["class_allow_list"], "FLARE's provisioned allow-list is kept"
+        allowed = resources["class_allow_list"]  # our jobs carry no code: the classes they build must be allowed
+        assert "oncofl.executor.OncoFLExecutor" in allowed and "oncofl.provenance.ProvenanceCheck" in allowed
+        assert "oncofl.faults.UpdateFaultFilter" not in allowed  # fault drills never run at a hospital
         manager = next(c["args"] for c in resources["components"] if c["id"] == "resource_manager")
         capacity = next(p for p in yaml.safe_load(PROJECT_FILE.read_text())["participants"] if p["name"] == site)
         assert manager["num_of_gpus"] == capacity["capacity"]["num_of_gpus"]
         authorization = json.loads((local / "authorization.json").read_text())["permissions"]
-        assert authorization["org_admin"]["byoc"] == "none" and authorization["lead"]["byoc"] == "any"
+        # jobs carry settings only; a job carrying code (BYOC) is refused whoever submits it
+        assert all(rights["byoc"] == "none" for rights in authorization.values() if isinstance(rights, dict))
+        assert {r for r, rights in authorization.items() if isinstance(rights, dict)} == ROLES
         assert check_signatures(kit / "startup") == []
         assert check_identity(kit / "startup", site) == []
         sample = json.loads((local / "oncofl_site.json.sample").read_text())
         assert sample["site_name"] == site
     server_resources = (provisioned.kit(provisioned.server_name) / "local" / "resources.json").read_text()
     assert "/tmp/nvflare" not in server_resources and str(provisioned.root / "server_storage") in server_resources
+
+
+def test_kits_carry_the_consortium_wheel_signed_with_the_kit(provisioned):
+    """Server and hospital kits carry the oncofl wheel the lead built (this checkout's code), its pinned requirements
+    and installer, with a manifest; the kit's signature covers them. Admin kits carry none."""
+    from oncofl.deploy import kit_install
+    from oncofl.provenance import installed
+
+    for name in [provisioned.server_name, *provisioned.site_names]:
+        startup = provisioned.kit(name) / "startup"
+        manifest = kit_install.verify(startup)
+        assert {"version": manifest["version"], "code_sha256": manifest["code_sha256"]} == installed()
+        assert {manifest["wheel"], "oncofl-requirements.txt", "install_oncofl.py", "oncofl_package.json"} <= {
+            p.name for p in startup.iterdir()
+        }
+        assert (startup / "oncofl-requirements.txt").read_text() == (REPO / "requirements.txt").read_text()
+        assert check_signatures(startup) == []
+    assert not (provisioned.kit(provisioned.lead) / "startup" / "oncofl_package.json").exists()
+
+
+def _run(*args, env=None):
+    return subprocess.run([sys.executable, *map(str, args)], capture_output=True, text=True, env=env, timeout=300)
+
+
+def test_site_installs_the_kits_wheel_and_preflight_verifies_the_installed_code(provisioned, tmp_path, synthetic_data):
+    """A hospital installs the kit's wheel with the kit's own installer (standard library only: nothing of ours is
+    installed yet) and preflight confirms the installed oncofl is the kit's; code changed at the site, a wheel
+    changed after provisioning: named, with the fix, and nothing installed."""
+    import os
+
+    from oncofl.deploy import kit_install
+
+    kit = _copy_kit(provisioned, "hospital-b", tmp_path)
+    configure(kit, data_root=synthetic_data / "site-2", cache_dir=tmp_path / "cache", gpu_ids=[], available_gpus=0)
+    manifest = kit_install.verify(kit / "startup")
+    site_env = tmp_path / "site-env"
+    first = _run(kit / "startup" / "install_oncofl.py", "--no-deps", "--target", site_env)
+    assert first.returncode == 0, first.stderr
+    env = {**os.environ, "PYTHONPATH": str(site_env)}  # the site's environment: this oncofl, not the checkout's
+    probe = _run("-c", "import oncofl, oncofl.provenance as p; print(oncofl.__file__); print(p.code_hash())", env=env)
+    where, code = probe.stdout.split()
+    assert where.startswith(str(site_env)) and code == manifest["code_sha256"]
+    ok = _run("-m", "oncofl.cli", "site", "preflight", "--kit", kit, env=env)
+    assert ok.returncode == 0 and "PASS  oncofl package" in ok.stdout, ok.stdout + ok.stderr
+
+    privacy = site_env / "oncofl" / "privacy.py"  # someone edits the installed guard at the site
+    privacy.write_text(privacy.read_text() + "\n# patched locally\n")
+    changed = _run("-m", "oncofl.cli", "site", "preflight", "--kit", kit, env=env)
+    assert changed.returncode == 1 and "FAIL  oncofl package" in changed.stdout
+    assert "oncofl site install --kit" in changed.stdout
+    assert f"kit carries oncofl {manifest['version']}" in changed.stdout
+
+    wheel = kit / "startup" / manifest["wheel"]
+    wheel.write_bytes(wheel.read_bytes() + b"\0")  # swapped or damaged after provisioning
+    refused = _run("-m", "oncofl.cli", "site", "install", "--kit", kit, "--no-deps", "--target", tmp_path / "t2")
+    assert refused.returncode == 2 and f"{manifest['wheel']} (changed since provisioning)" in refused.stderr
+    by_hash = _run(kit / "startup" / "install_oncofl.py", "--no-deps", "--target", tmp_path / "t3")
+    assert by_hash.returncode == 2 and "does not match the SHA-256" in by_hash.stderr
+    assert not (tmp_path / "t2").exists() and not (tmp_path / "t3").exists()
 
 
 def test_flare_builds_the_site_privacy_scope_with_our_guard(provisioned):
@@ -275,7 +338,7 @@ def test_guard_passes_he_ciphertext_and_refuses_to_leave_an_unmeasurable_update_
 
 
 def test_site_template_scope_lists_the_guard_in_both_chains():
-    policy = json.loads((REPO / "provisioning" / "site_templates" / "privacy.json").read_text())
+    policy = json.loads((TEMPLATES / "privacy.json").read_text())
     default = next(s for s in policy["scopes"] if s["name"] == policy["default_scope"])
     assert any(f["path"] == GUARD for f in default["task_data_filters"])
     assert [f["path"] for f in default["task_result_filters"]] == [GUARD, "oncofl.privacy.PHIGuardFilter"]

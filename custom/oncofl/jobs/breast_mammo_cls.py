@@ -1,0 +1,56 @@
+"""Definition of the ``breast_mammo_cls`` FLARE job; running it (re)writes the job folder ``jobs/breast_mammo_cls/``.
+
+    python jobs/breast_mammo_cls.py                       # regenerate the committed job folder (512^2, DenseNet121)
+    python jobs/breast_mammo_cls.py --out /tmp/jobs --image-size 128 --small-network --num-rounds 5
+
+Mammogram classification, malignant vs benign/normal (task ``breast_mammo_cls``), the shared FedAvg job shape.
+The committed job is sized for GPU sites; ``--image-size 128 --small-network`` is the CPU variant the tests run.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from .builder import build_fedavg_job, cli
+from .builder import export as export_job
+
+JOB_NAME = "breast_mammo_cls"
+SMALL_NETWORK = {"init_features": 16, "growth_rate": 8, "block_config": [2, 2, 2]}  # ~0.1 M parameters
+
+
+def export(
+    out_dir: str | Path,
+    *,
+    num_rounds: int = 10,
+    min_clients: int = 2,
+    local_epochs: int = 3,
+    batch_size: int = 8,
+    learning_rate: float = 1e-3,
+    image_size: int = 512,
+    small_network: bool = False,
+    ship_code: bool = False,
+    **options: Any,
+) -> Path:
+    """Write ``<out_dir>/breast_mammo_cls/`` and return it."""
+    job = build_fedavg_job(
+        JOB_NAME,
+        task="breast_mammo_cls",
+        num_rounds=num_rounds,
+        min_clients=min_clients,
+        local_epochs=local_epochs,
+        batch_size=batch_size,
+        learning_rate=learning_rate,
+        preprocess={"image_size": image_size},
+        network=SMALL_NETWORK if small_network else None,
+        **options,
+    )
+    return export_job(job, out_dir, ship_code=ship_code)
+
+
+def main(argv: list[str] | None = None, default_out: str = "jobs") -> None:
+    cli(export, __doc__, argv, default_out)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,357 @@
+"""The shape every oncofl job shares: scatter-and-gather, best-model selection, cross-site evaluation.
+
+FL touchpoints: (1) the server scatters the global model and gathers updates (ScatterAndGather), combined by
+:class:`oncofl.aggregation.RobustAggregator` (FedAvg's step-weighted mean by default, or coordinate-wise median /
+trimmed mean, with non-finite and outlier updates refused and norms bounded), (2) it keeps the best global model by
+the sites' validation metric (IntimeModelSelector), (3) it then runs cross-site evaluation of the global and every
+local model (CrossSiteModelEval). Hyper-parameters live in the job definitions and travel with the job; data paths
+and GPUs stay in each site's own config.
+
+The algorithm is a job option (``--algorithm`` of every job definition, :data:`ALGORITHM_OPTIONS`):
+
+* ``fedavg``   -- FedAvg;
+* ``fedprox``  -- FedProx, proximal term ``--fedprox-mu`` in each site's loss;
+* ``fedopt``   -- FedOpt: the server applies Adam (``--server-lr``) to the aggregated update
+  (FLARE's PTFedOptModelShareableGenerator); ``--server-optimizer sgd --server-lr 1 --server-momentum 0.9`` is
+  FedAvgM (server momentum);
+* ``scaffold`` -- SCAFFOLD: FLARE's ScatterAndGatherScaffold with control variates at the sites;
+* ``fedbn``    -- FedBN: normalization state stays at each site (personalized models; cross-site evaluation
+  reports each model as sent and ``*_personalized``).
+
+``--dp-epsilon E`` adds sample-level DP-SGD at every site (Opacus) with a job budget of E (the noise is calibrated so
+the planned rounds spend it; the server stops training if a round would exceed it). ``--privacy-filter percentile``
+or ``svt`` adds FLARE's lighter update filters. ``--he`` encrypts every model a site sends (CKKS, FLARE's HE filters;
+the server aggregates ciphertexts) and needs HE-provisioned kits (``oncofl poc prepare --he``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import inspect
+import json
+import shutil
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from nvflare.apis.dxo import DataKind
+from nvflare.app_common.aggregators.intime_accumulate_model_aggregator import (
+    InTimeAccumulateWeightedAggregator,
+)
+from nvflare.app_common.app_constant import AlgorithmConstants, AppConstants
+from nvflare.app_common.filters.percentile_privacy import PercentilePrivacy
+from nvflare.app_common.filters.svt_privacy import SVTPrivacy
+from nvflare.app_common.shareablegenerators.full_model_shareable_generator import (
+    FullModelShareableGenerator,
+)
+from nvflare.app_common.widgets.convert_to_fed_event import ConvertToFedEvent
+from nvflare.app_common.widgets.intime_model_selector import IntimeModelSelector
+from nvflare.app_common.widgets.validation_json_generator import ValidationJsonGenerator
+from nvflare.app_common.workflows.cross_site_model_eval import CrossSiteModelEval
+from nvflare.app_common.workflows.scatter_and_gather import ScatterAndGather
+from nvflare.app_common.workflows.scatter_and_gather_scaffold import ScatterAndGatherScaffold
+from nvflare.app_opt.pt.fedopt import PTFedOptModelShareableGenerator
+from nvflare.app_opt.pt.file_model_locator import PTFileModelLocator
+from nvflare.app_opt.pt.file_model_persistor import PTFileModelPersistor
+from nvflare.app_opt.tracking.tb.tb_receiver import TBAnalyticsReceiver
+from nvflare.job_config.api import FedJob
+from nvflare.job_config.defs import FilterType
+
+from oncofl.aggregation import RobustAggregator
+from oncofl.algorithms import ALGORITHMS
+from oncofl.executor import OncoFLExecutor
+from oncofl.faults import UpdateFaultFilter
+from oncofl.privacy import PHIGuardFilter
+from oncofl.provenance import ProvenanceCheck, installed
+from oncofl.server import ParticipationMonitor, PrivacyBudgetScatterAndGather, SiteErrorReporter
+from oncofl.tasks import DEFAULT_INIT_SEED, get_task
+
+PACKAGE = Path(__file__).resolve().parents[1]  # the installed oncofl package
+TASK_REQUEST_INTERVAL = 0.5  # seconds; see export()
+# provisioned sites run HE jobs under this privacy.json scope: their guard cannot measure the norm of an update that
+# started from an encrypted global model (see oncofl.privacy.SiteUpdateGuard); the other checks stay
+HE_SCOPE = "oncofl-he"
+
+# Options every job definition takes (command line: --algorithm, --fedprox-mu, ...), with their defaults.
+ALGORITHM_OPTIONS: dict[str, Any] = {
+    "algorithm": "fedavg",
+    "fedprox_mu": 0.01,
+    "server_lr": 0.01,
+    "server_optimizer": "adam",  # fedopt's server step: "adam", or "sgd" with --server-momentum (FedAvgM)
+    "server_momentum": 0.9,
+    "aggregation": "mean",
+    "trim_fraction": 0.2,
+    "max_update_norm": 0.0,
+    "reject_norm_factor": 10.0,
+    "dp_epsilon": 0.0,
+    "dp_delta": 1e-5,
+    "dp_max_grad_norm": 1.0,
+    "dp_noise_multiplier": 0.0,  # 0: calibrated so the planned rounds spend exactly --dp-epsilon
+    "privacy_filter": "",  # FLARE's lighter update filters: "percentile" (share the largest 10 %) or "svt"
+    "he": False,  # homomorphic encryption (CKKS): the server aggregates ciphertexts; needs HE-provisioned kits
+    "lr_schedule": "constant",  # the sites' learning rate over the rounds: "constant" or "cosine" (to ~0 at the end)
+    "optimizer_state": "keep",  # the sites' Adam state: "keep" (carried across rounds) or "reset" (fresh each round)
+    "init_seed": DEFAULT_INIT_SEED,  # the initial weights: every run of a job starts from the same model
+}
+SERVER_OPTIMIZERS = ("adam", "sgd")
+PRIVACY_FILTERS = {
+    "percentile": lambda: PercentilePrivacy(percentile=90, gamma=0.01),
+    "svt": lambda: SVTPrivacy(fraction=0.1, epsilon=0.1, noise_var=0.1, gamma=1e-5),
+}
+
+
+def build_fedavg_job(
+    name: str,
+    *,
+    task: str,
+    num_rounds: int,
+    local_epochs: int,
+    batch_size: int,
+    learning_rate: float,
+    min_clients: int = 2,
+    preprocess: dict[str, Any] | None = None,
+    network: dict[str, Any] | None = None,
+    train_timeout: int = 0,
+    submit_model_timeout: int = 600,
+    validation_timeout: int = 1800,
+    fault: dict[str, Any] | None = None,
+    **options: Any,
+) -> FedJob:
+    """One job for one task of :mod:`oncofl.tasks`; the server's model is the task's network. ``options``: see
+    :data:`ALGORITHM_OPTIONS`. ``fault``: arguments of :class:`oncofl.faults.UpdateFaultFilter` (drills only)."""
+    unknown = sorted(set(options) - set(ALGORITHM_OPTIONS))
+    if unknown:
+        raise ValueError(f"unknown job option(s) {unknown}; known: {sorted(ALGORITHM_OPTIONS)}")
+    opts = {**ALGORITHM_OPTIONS, **options}
+    algorithm = opts["algorithm"]
+    if algorithm not in ALGORITHMS:
+        raise ValueError(f"unknown algorithm '{algorithm}'; available: {', '.join(ALGORITHMS)}")
+    dp = None
+    if opts["dp_epsilon"] > 0:
+        dp = {
+            "epsilon_budget": opts["dp_epsilon"],
+            "delta": opts["dp_delta"],
+            "max_grad_norm": opts["dp_max_grad_norm"],
+            "noise_multiplier": opts["dp_noise_multiplier"],
+            "planned_rounds": num_rounds,
+        }
+    he = bool(opts["he"])
+    if he and (
+        algorithm not in ("fedavg", "fedprox", "fedbn") or opts["aggregation"] != "mean" or opts["privacy_filter"]
+    ):
+        raise ValueError(
+            "homomorphic encryption: the server only adds ciphertexts, so use fedavg, fedprox or fedbn with mean "
+            "aggregation and no privacy filter (the server-side norm checks cannot see encrypted values)"
+        )
+    if opts["server_optimizer"] not in SERVER_OPTIMIZERS:
+        raise ValueError(f"unknown server optimizer {opts['server_optimizer']!r}; available: {SERVER_OPTIMIZERS}")
+    if opts["privacy_filter"] and opts["privacy_filter"] not in PRIVACY_FILTERS:
+        raise ValueError(f"unknown privacy filter {opts['privacy_filter']!r}; available: {sorted(PRIVACY_FILTERS)}")
+    if opts["init_seed"] != DEFAULT_INIT_SEED:
+        network = {**(network or {}), "init_seed": int(opts["init_seed"])}
+    spec = get_task(task)
+    job = FedJob(name=name, min_clients=min_clients)
+    job.set_app_packages(["oncofl"])  # installed at every site and the server: never copied module by module
+    # the oncofl this job is built for: a site or server with other code installed refuses the job at its start
+    job.to_server(ProvenanceCheck(**installed()), id="oncofl_provenance")
+    job.to_clients(ProvenanceCheck(**installed()), id="oncofl_provenance")
+
+    job.to_server(spec.build_network(**(network or {})), id="model")
+    if he:
+        _add_he_server(job)
+        job.privacy_scope = HE_SCOPE  # export() names it in meta.json
+    else:
+        job.to_server(PTFileModelPersistor(model="model"), id="persistor")
+        job.to_server(_shareable_generator(algorithm, opts), id="shareable_generator")
+        job.to_server(_aggregator(algorithm, opts), id="aggregator")
+    job.to_server(IntimeModelSelector(key_metric=spec.key_metric), id="model_selector")
+    job.to_server(PTFileModelLocator(pt_persistor_id="persistor"), id="model_locator")
+    job.to_server(ValidationJsonGenerator(), id="json_generator")
+    job.to_server(TBAnalyticsReceiver(events=["fed.analytix_log_stats"]), id="tb_receiver")
+    job.to_server(SiteErrorReporter(), id="site_error_reporter")
+    job.to_server(ParticipationMonitor(), id="participation_monitor")
+    workflow_args = dict(
+        min_clients=min_clients,
+        num_rounds=num_rounds,
+        wait_time_after_min_received=5,
+        aggregator_id="aggregator",
+        persistor_id="persistor",
+        shareable_generator_id="shareable_generator",
+        train_timeout=train_timeout,
+    )
+    if algorithm == "scaffold":
+        workflow = ScatterAndGatherScaffold(**workflow_args)
+    elif dp is not None:
+        workflow = PrivacyBudgetScatterAndGather(**workflow_args, epsilon_budget=dp["epsilon_budget"])
+    else:
+        workflow = ScatterAndGather(**workflow_args)
+    workflow._always_serialize_args = ("min_clients", "num_rounds", "start_round")  # FedJob skips defaults
+    if dp is not None:
+        workflow._always_serialize_args += ("epsilon_budget",)
+    job.to_server(workflow, id="scatter_and_gather")
+    # a site that dropped out cannot answer: its cross-site tasks end after these timeouts, the others' results stay
+    if he:
+        from oncofl.he import HECrossSiteModelEvalFixed as cross_site_class
+    else:
+        cross_site_class = CrossSiteModelEval
+    cross_site = cross_site_class(
+        model_locator_id="model_locator",
+        submit_model_timeout=submit_model_timeout,
+        validation_timeout=validation_timeout,
+    )
+    cross_site._always_serialize_args = ("submit_model_timeout", "validation_timeout")
+    job.to_server(cross_site, id="cross_site_eval")
+
+    executor = OncoFLExecutor(
+        task=task,
+        local_epochs=local_epochs,
+        batch_size=batch_size,
+        learning_rate=learning_rate,
+        lr_schedule=opts["lr_schedule"],
+        optimizer_state=opts["optimizer_state"],
+        preprocess=preprocess,
+        network=network,
+        algorithm=algorithm,
+        fedprox_mu=opts["fedprox_mu"],
+        dp=dp,
+        send_weight_diff=bool(opts["privacy_filter"]),  # FLARE's privacy filters work on weight differences
+    )
+    job.to_clients(executor, id="executor", tasks=["train", "validate", "submit_model"])
+    if fault:  # a drill: one site's updates broken or poisoned on purpose
+        drill = UpdateFaultFilter(**fault)
+        job.to_clients(drill, filter_type=FilterType.TASK_DATA, tasks=["train"])
+        job.to_clients(drill, filter_type=FilterType.TASK_RESULT, tasks=["train"])
+    if opts["privacy_filter"]:
+        job.to_clients(PRIVACY_FILTERS[opts["privacy_filter"]](), filter_type=FilterType.TASK_RESULT, tasks=["train"])
+    job.to_clients(PHIGuardFilter(), filter_type=FilterType.TASK_RESULT, tasks=["*"])  # everything leaving a site
+    if he:  # last out, first in: sites encrypt every model they send and decrypt every model they receive
+        from nvflare.app_opt.he.model_decryptor import HEModelDecryptor
+        from nvflare.app_opt.he.model_encryptor import HEModelEncryptor
+
+        job.to_clients(HEModelDecryptor(), filter_type=FilterType.TASK_DATA, tasks=["train", "validate"])
+        job.to_clients(HEModelEncryptor(weigh_by_local_iter=True), filter_type=FilterType.TASK_RESULT, tasks=["train"])
+        job.to_clients(
+            HEModelEncryptor(weigh_by_local_iter=False), filter_type=FilterType.TASK_RESULT, tasks=["submit_model"]
+        )
+    job.to_clients(
+        ConvertToFedEvent(events_to_convert=["analytix_log_stats"], fed_event_prefix="fed."), id="event_to_fed"
+    )
+    return job
+
+
+def _shareable_generator(algorithm: str, opts: dict[str, Any]) -> Any:
+    """How the server turns the aggregated update into the next global model."""
+    if algorithm == "fedopt":  # the server's optimizer step on the aggregated update (trainable parameters)
+        if opts["server_optimizer"] == "adam":
+            optimizer = {
+                "path": "torch.optim.Adam",
+                "args": {"lr": opts["server_lr"], "betas": [0.9, 0.99], "eps": 1e-3},
+            }
+        else:  # FedAvgM: lr 1 and no momentum is FedAvg
+            optimizer = {
+                "path": "torch.optim.SGD",
+                "args": {"lr": opts["server_lr"], "momentum": opts["server_momentum"]},
+            }
+        optimizer["config_type"] = "dict"  # an argument, not a component for FLARE to build
+        return PTFedOptModelShareableGenerator(optimizer_args=optimizer, source_model="model")
+    return FullModelShareableGenerator()
+
+
+def _aggregator(algorithm: str, opts: dict[str, Any]) -> Any:
+    if algorithm == "scaffold":  # model and control updates arrive as one collection: FLARE's weighted mean of each
+        kinds = {
+            AppConstants.MODEL_WEIGHTS: DataKind.WEIGHT_DIFF,
+            AlgorithmConstants.SCAFFOLD_CTRL_DIFF: DataKind.WEIGHT_DIFF,
+        }
+        return InTimeAccumulateWeightedAggregator(expected_data_kind=kinds)
+    aggregator = RobustAggregator(
+        method=opts["aggregation"],
+        trim_fraction=opts["trim_fraction"],
+        max_update_norm=opts["max_update_norm"],
+        reject_norm_factor=opts["reject_norm_factor"],
+    )
+    aggregator._always_serialize_args = ("method", "reject_norm_factor")
+    return aggregator
+
+
+def _add_he_server(job: FedJob) -> None:
+    """The server stores, aggregates and sends ciphertexts; it holds the public CKKS context only."""
+    from nvflare.app_opt.he.intime_accumulate_model_aggregator import HEInTimeAccumulateWeightedAggregator
+    from nvflare.app_opt.he.model_serialize_filter import HEModelSerializeFilter
+    from nvflare.app_opt.he.model_shareable_generator import HEModelShareableGenerator
+
+    job.to_server(PTFileModelPersistor(model="model", filter_id="serialize_filter"), id="persistor")
+    job.to_server(HEModelSerializeFilter(), id="serialize_filter")
+    job.to_server(HEModelShareableGenerator(), id="shareable_generator")
+    aggregator = HEInTimeAccumulateWeightedAggregator(expected_data_kind=DataKind.WEIGHTS, weigh_by_local_iter=False)
+    job.to_server(aggregator, id="aggregator")
+
+
+def export(job: FedJob, out_dir: str | Path, *, ship_code: bool = False) -> Path:
+    """Write ``<out_dir>/<job name>/`` (meta.json and the two app configs: settings only) and return it.
+
+    ``ship_code`` (research mode, off by default): also copy the package into ``app/custom/oncofl``, so the sites run
+    the job's code instead of their installed, reviewed oncofl -- including its privacy guards. Provisioned sites
+    refuse such a job unless the consortium grants the submitter the ``byoc`` right (docs/security.md)."""
+    out_dir = Path(out_dir)
+    job_dir = out_dir / job.name
+    if job_dir.exists():
+        shutil.rmtree(job_dir)
+    job.export_job(str(out_dir))
+    scope = getattr(job, "privacy_scope", None)
+    if scope:  # the sites' privacy.json scope this job runs under (the default scope otherwise)
+        meta_file = job_dir / "meta.json"
+        meta_file.write_text(json.dumps({**json.loads(meta_file.read_text()), "scope": scope}, indent=4) + "\n")
+    server_config = job_dir / "app" / "config" / "config_fed_server.json"
+    config = json.loads(server_config.read_text())
+    # how long a client waits after handing in a result before asking for its next task (FLARE's default: 2 s, paid
+    # every round and every cross-site task; scripts/fl_overhead.py measures it)
+    config["server"] = {"task_request_interval": TASK_REQUEST_INTERVAL}
+    server_config.write_text(json.dumps(config, indent=4) + "\n")
+    custom = job_dir / "app" / "custom"
+    if custom.exists():  # FedJob copies nothing of an app package; anything else here would be code shipped by accident
+        raise RuntimeError(f"job export put code into {custom}: {sorted(p.name for p in custom.rglob('*.py'))}")
+    if ship_code:
+        task = json.loads((job_dir / "app" / "config" / "config_fed_client.json").read_text())["executors"][0]
+        shutil.copytree(PACKAGE, custom / "oncofl", ignore=_package_files(task["executor"]["args"]["task"]))
+    return job_dir
+
+
+def _package_files(task: str) -> Callable[[str, list[str]], set[str]]:
+    """What export() leaves out of the shipped package: caches, the demo-data writers (``synthetic*.py``, ``wdbc.py``:
+    sites bring their own data) and every task module but the job's own -- so adding a task changes no other job."""
+
+    def ignore(folder: str, names: list[str]) -> set[str]:
+        skipped = {n for n in names if n == "__pycache__" or n.endswith(".pyc")}
+        if Path(folder).resolve() == PACKAGE.resolve():
+            skipped |= {n for n in names if n.startswith("synthetic") and n.endswith(".py") or n == "wdbc.py"}
+        if Path(folder).resolve() == (PACKAGE / "tasks").resolve():
+            skipped |= {n for n in names if n.endswith(".py") and not n.startswith("_") and n != f"{task}.py"}
+        return skipped
+
+    return ignore
+
+
+def cli(export_fn: Callable[..., Path], description: str, argv: list[str] | None = None, default_out: str = "jobs"):
+    """Command line of a job definition: one option per keyword of ``export_fn``, defaults taken from it."""
+    parser = argparse.ArgumentParser(description=description, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument(
+        "--out", default=default_out, help=f"folder to write the job folder into (default: {default_out})"
+    )
+    options = [
+        (p.name, p.default) for p in inspect.signature(export_fn).parameters.values() if p.kind == p.KEYWORD_ONLY
+    ]
+    for name, default in [*options, *ALGORITHM_OPTIONS.items()]:
+        flag = "--" + name.replace("_", "-")
+        if isinstance(default, bool):
+            parser.add_argument(flag, action="store_true", default=default)
+        elif name == "algorithm":
+            parser.add_argument(flag, choices=ALGORITHMS, default=default, help=f"default: {default}")
+        else:
+            parser.add_argument(flag, type=type(default), default=default, help=f"default: {default}")
+    args = vars(parser.parse_args(argv))
+    out = args.pop("out")
+    changed = {k: args.pop(k) for k in ALGORITHM_OPTIONS if args[k] != ALGORITHM_OPTIONS[k]}
+    for k in ALGORITHM_OPTIONS:
+        args.pop(k, None)
+    print(f"job written to {export_fn(out, **args, **changed)}")

@@ -1,0 +1,381 @@
+"""Evidence report for one task: centralized vs each site alone vs every federated algorithm, same held-out data.
+
+    oncofl report --task breast_wdbc --seeds 0 1 2 --out docs/evidence/breast_wdbc
+    oncofl report --task prostate_seg --seeds 0 1 2 --algorithms fedavg fedprox fedbn
+
+Per seed the task's demo data and the networks' initial weights are drawn anew (``seed``: data, and the job's
+``init_seed``, so the federated runs, centralized and each site alone start from the same weights); then
+
+* **centralized**: the task's network trained on all sites' training cases pooled, for as many epochs as the job's
+  rounds x local epochs (what a single hospital holding everything could do);
+* **local <site>**: the same, on one site's training cases only;
+* **federated <algorithm>**: the job (:mod:`oncofl.jobs`, with ``--algorithm``) in the FLARE simulator, 3 sites;
+  ``+DP`` runs FedAvg with DP-SGD at every site and the job's epsilon budget.
+
+Two scores per model and seed: **held-out** -- the task's key metric on the shared held-out cases (no site trained
+on them) of the model each site ends up with (the global model; for site-local and personalized (FedBN) models, the
+mean over the sites' models); **worst site** -- the lowest score over the sites, each on its own validation split.
+The report (``report.md``), the raw numbers (``results.json``) and PNG plots (learning curves of the global model on
+the sites' validation data per round; cross-site heat maps) are written to ``--out``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shutil
+import statistics
+import sys
+import tempfile
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from .algorithms import scheduled_lr
+from .data import load_split, read_datalist
+from .engine import DeviceData, Trainer, resolve_device
+from .evaluation import holdout_metric
+from .jobs import definition
+from .simulate import TASK_DATA, executor_args, run_simulator
+from .site_config import load_site_config
+from .tasks import get_task
+
+TASK_JOBS = {"breast_wdbc": "breast_wdbc", "prostate_seg": "prostate_mri_seg"}
+PERSONALIZED = {"fedbn"}  # algorithms whose result is one model per site
+
+
+def job_settings(job_dir: Path) -> dict[str, Any]:
+    """The executor arguments and round count of an exported job folder."""
+    args = executor_args(job_dir)
+    server = json.loads((job_dir / "app" / "config" / "config_fed_server.json").read_text())
+    args["num_rounds"] = server["workflows"][0]["args"]["num_rounds"]
+    return args
+
+
+def site_roots(data: Path) -> dict[str, Path]:
+    """Each site's data root, from the site configs the simulator gives the sites."""
+    roots = {}
+    for config_file in sorted((data / "site_configs").glob("*.json")):
+        site = config_file.stem
+        roots[site] = load_site_config(config_file, site_name=site).data_root
+    return roots
+
+
+class Scorer:
+    """The task's key metric of a checkpoint on the held-out set or on a site's validation split."""
+
+    def __init__(self, task: str, data: Path, settings: dict[str, Any]) -> None:
+        self.task, self.data = task, data
+        self.kwargs = {"task": task, "network": settings.get("network"), "params": settings.get("preprocess")}
+        self.sites = site_roots(data)
+
+    def holdout(self, checkpoint: Path | None) -> float:
+        return holdout_metric(
+            checkpoint, self.data / "holdout", cache_dir=self.data / "cache" / "holdout", **self.kwargs
+        )
+
+    def on_site(self, checkpoint: Path, site: str) -> float:
+        cache = self.data / "cache" / f"{site}_validation"
+        return holdout_metric(checkpoint, self.sites[site], split="validation", cache_dir=cache, **self.kwargs)
+
+
+def train_pooled(task: str, data: Path, sites: list[str], settings: dict[str, Any], seed: int, out: Path) -> Path:
+    """The job's network, optimizer and total epochs on the pooled training cases of ``sites``."""
+    spec = get_task(task)
+    params = spec.params(settings.get("preprocess"))
+    parts = []
+    for site in sites:
+        config = load_site_config(data / "site_configs" / f"{site}.json", site_name=site)
+        parts.append(load_split(read_datalist(config, ("training",))["training"], spec, params, config))
+    device = resolve_device()
+    train = DeviceData.from_numpy(
+        np.concatenate([p.images for p in parts]), np.concatenate([p.labels for p in parts]), device
+    )
+    torch.manual_seed(seed)
+    trainer = Trainer(spec, device, learning_rate=settings["learning_rate"], seed=seed, network=settings.get("network"))
+    schedule = settings.get("lr_schedule", "constant")
+    for r in range(settings["num_rounds"]):  # the job's learning rate schedule, one value per round's epochs
+        lr = scheduled_lr(settings["learning_rate"], schedule, r, settings["num_rounds"])
+        trainer.train(train, epochs=settings["local_epochs"], batch_size=settings["batch_size"], learning_rate=lr)
+    torch.save({"model": trainer.model.state_dict()}, out)
+    return out
+
+
+def learning_curve(job_dir: Path, key: str) -> list[float]:
+    """Per round: the mean over sites of the global model's score on their validation data (as they reported it)."""
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    per_round: dict[int, list[float]] = {}
+    for site_dir in sorted((job_dir / "tb_events").glob("*")):
+        events = EventAccumulator(str(site_dir))
+        events.Reload()
+        if f"{key}_global" in events.Tags()["scalars"]:
+            for e in events.Scalars(f"{key}_global"):
+                per_round.setdefault(e.step, []).append(e.value)
+    return [float(np.mean(per_round[r])) for r in sorted(per_round)]
+
+
+def run_federated(
+    task: str, name: str, options: dict[str, Any], data: Path, work: Path, job_kwargs: dict[str, Any]
+) -> dict[str, Any]:
+    """One federated configuration in the FLARE simulator; its scores, curve, cross-site matrix and server logs."""
+    module = definition(TASK_JOBS[task])
+    job_dir = module.export(work / "jobs", **job_kwargs, **options)
+    settings = job_settings(job_dir)
+    sites = sorted(site_roots(data))
+    # each run reads its own copy of the sites' data: runs side by side never share a cache folder
+    site_data = work / "site_data"
+    if not site_data.exists():
+        shutil.copytree(data, site_data, ignore=shutil.ignore_patterns("holdout", "cache"))
+    result = run_simulator(job_dir, work / "ws", site_data / "site_configs", sites, log_file=work / "simulator.log")
+    if result.returncode != 0:
+        raise RuntimeError(f"{name}: simulator failed, see {work / 'simulator.log'}")
+    scorer = Scorer(task, data, settings)
+    key = get_task(task).key_metric
+    if options.get("algorithm") in PERSONALIZED:
+        models = {s: work / "ws" / s / "simulate_job" / f"app_{s}" / "local_model.pt" for s in sites}
+        holdout = float(np.mean([scorer.holdout(m) for m in models.values()]))
+    else:
+        models = {s: result.global_model for s in sites}
+        holdout = scorer.holdout(result.global_model)
+    extras = {}
+    for file in ("privacy.json", "aggregation.json"):
+        if (result.job_dir / file).is_file():
+            extras[file] = json.loads((result.job_dir / file).read_text())
+    return {
+        "held_out": holdout,
+        "per_site": {s: scorer.on_site(m, s) for s, m in models.items()},
+        "curve": learning_curve(result.job_dir, key),
+        "cross_site": json.loads(result.cross_site.read_text()) if result.cross_site.is_file() else {},
+        "seconds": result.seconds,
+        "server_log": str(result.server_log),
+        **extras,
+    }
+
+
+def run_seed(args: argparse.Namespace, seed: int, tmp: Path) -> dict[str, dict[str, Any]]:
+    task = args.task
+    data = TASK_DATA[task][1](tmp / f"seed{seed}" / "data", seed=seed)
+    job_kwargs = {
+        "min_clients": len(list((data / "site_configs").glob("*.json"))),  # every site, every round
+        "init_seed": seed,  # a seed draws the data and the initial weights, the same for every model of that seed
+    }
+    if args.rounds:
+        job_kwargs["num_rounds"] = args.rounds
+    configs = {a: {"algorithm": a} for a in args.algorithms}
+    if args.dp_epsilon > 0:
+        configs[f"fedavg+DP(eps={args.dp_epsilon:g})"] = {"dp_epsilon": args.dp_epsilon, **args.dp_options}
+    for extra in args.extra:
+        name, _, options = extra.partition("=")
+        configs[name] = json.loads(options)
+    with ThreadPoolExecutor(max_workers=args.parallel) as pool:
+        futures = {
+            name: pool.submit(run_federated, task, name, opts, data, tmp / f"seed{seed}" / _slug(name), job_kwargs)
+            for name, opts in configs.items()
+        }
+        results = {f"federated {name}": f.result() for name, f in futures.items()}
+    module = definition(TASK_JOBS[task])
+    if args.merge:  # only these federated runs (and the initial model, cheap): the rest is read from the report
+        settings = job_settings(module.export(tmp / f"seed{seed}" / "plain", **job_kwargs))
+        results["initial model"] = {"held_out": Scorer(task, data, settings).holdout(None), "per_site": {}}
+        return results
+    settings = job_settings(module.export(tmp / f"seed{seed}" / "plain", **job_kwargs))
+    scorer = Scorer(task, data, settings)
+    sites = sorted(scorer.sites)
+    central = train_pooled(task, data, sites, settings, seed, tmp / f"seed{seed}" / "central.pt")
+    results["centralized"] = {
+        "held_out": scorer.holdout(central),
+        "per_site": {s: scorer.on_site(central, s) for s in sites},
+    }
+    local_models = {s: train_pooled(task, data, [s], settings, seed, tmp / f"seed{seed}" / f"{s}.pt") for s in sites}
+    for s, m in local_models.items():
+        per_site = {t: scorer.on_site(m, t) for t in sites}
+        results[f"local {s}"] = {"held_out": scorer.holdout(m), "per_site": {s: per_site[s]}, "cross": per_site}
+    results["local (each site its own)"] = {
+        "held_out": float(np.mean([results[f"local {s}"]["held_out"] for s in sites])),
+        "per_site": {s: results[f"local {s}"]["per_site"][s] for s in sites},
+    }
+    results["initial model"] = {"held_out": scorer.holdout(None), "per_site": {}}
+    return results
+
+
+def _slug(name: str) -> str:
+    """A folder name FLARE's command lines take (no commas, spaces or parentheses)."""
+    return "".join(c if c.isalnum() or c in "-_." else "_" for c in name)
+
+
+def _mean_sd(values: list[float]) -> str:
+    sd = statistics.stdev(values) if len(values) > 1 else 0.0
+    return f"{statistics.mean(values):.4f} ± {sd:.4f}"
+
+
+def write_report(args: argparse.Namespace, runs: dict[int, dict[str, dict]], seconds: float) -> Path:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "results.json").write_text(json.dumps({str(s): r for s, r in runs.items()}, indent=1) + "\n")
+    key = get_task(args.task).key_metric.removeprefix("val_")
+    seeds = sorted(runs)
+    names = sorted(runs[seeds[0]], key=lambda n: n == "initial model")  # the reference row last, after a merge too
+    central = statistics.mean(runs[s]["centralized"]["held_out"] for s in seeds)
+    made = (
+        f"`oncofl report {getattr(args, 'command_line', '')}` on {time.strftime('%Y-%m-%d')} "
+        f"({seconds / 60:.0f} min, CPU: {torch.get_num_threads()} threads; seeds {seeds})."
+    )
+    provenance = [f"Made by {made}"]
+    if args.merge:  # keep how the other rows were made
+        old = (out / "report.md").read_text().splitlines() if (out / "report.md").is_file() else []
+        rows = f"Rows {', '.join(args.merged_names)} and the initial model (re)run by "
+        # an earlier rerun of the same rows is replaced by this one, not listed beside it
+        provenance = [line for line in old if line.startswith(("Made by", "Rows ")) and not line.startswith(rows)]
+        provenance.append(rows + made)
+    lines = [
+        f"# Evidence report: `{args.task}`",
+        "",
+        *[x for line in provenance for x in (line, "")],
+        f"Held-out {key}: the shared held-out cases, no site trained on them (personalized / local: mean over the "
+        "sites' models). Worst site: the lowest score over the sites, each on its own validation split, of the "
+        f"model that site uses. Mean ± sd over {len(seeds)} seeds; ratio = held-out / centralized.",
+        "",
+        f"| model | held-out {key} | ratio to centralized | worst site | "
+        + " | ".join(f"seed {s}" for s in seeds)
+        + " |",
+        "|---|---|---|---|" + "---|" * len(seeds),
+    ]
+    for name in names:
+        held = [runs[s][name]["held_out"] for s in seeds]
+        worst = [min(runs[s][name]["per_site"].values()) for s in seeds if runs[s][name]["per_site"]]
+        lines.append(
+            f"| {name} | {_mean_sd(held)} | {statistics.mean(held) / central:.3f} | "
+            f"{_mean_sd(worst) if worst else '-'} | " + " | ".join(f"{v:.4f}" for v in held) + " |"
+        )
+    privacy = [
+        (s, n, r["privacy.json"])
+        for s in seeds
+        for n, r in runs[s].items()
+        if "privacy.json" in r and r["privacy.json"]
+    ]
+    if privacy:
+        lines += ["", "## Differential privacy", ""]
+        for s, name, p in privacy:
+            spent = {site: entries[-1]["epsilon"] for site, entries in p["sites"].items()}
+            lines.append(
+                f"- seed {s}, {name}: budget ε = {p['epsilon_budget']:g}; spent per site "
+                + ", ".join(f"{site} {eps:.3f}" for site, eps in sorted(spent.items()))
+                + (f"; stopped after round {p['stopped_after_round']}" if p["stopped_after_round"] is not None else "")
+            )
+    # learning curves, seed 0 (or the first seed)
+    fig, ax = plt.subplots(figsize=(7, 4))
+    for name in names:
+        curve = runs[seeds[0]][name].get("curve")
+        if curve:
+            ax.plot(range(len(curve)), curve, marker="o", label=name)
+    ax.axhline(runs[seeds[0]]["centralized"]["held_out"], color="k", linestyle="--", label="centralized (held-out)")
+    ax.set_xlabel("round")
+    ax.set_ylabel(f"{key} of the global model (sites' validation data)")
+    ax.set_title(f"{args.task}: learning curves, seed {seeds[0]}")
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(out / "learning_curves.png", dpi=110)
+    plt.close(fig)
+    lines += ["", "## Learning curves", "", "![learning curves](learning_curves.png)", ""]
+    # cross-site heat maps of the federated runs, seed 0
+    for name in names:
+        cross = runs[seeds[0]][name].get("cross_site")
+        if not cross:
+            continue
+        data_sites = sorted(cross)
+        models = sorted({m for row in cross.values() for m in row})
+        matrix = np.full((len(data_sites), len(models)), np.nan)
+        for i, site in enumerate(data_sites):
+            for j, model in enumerate(models):
+                metrics = cross[site].get(model, {})
+                if metrics:
+                    matrix[i, j] = metrics.get(get_task(args.task).key_metric, np.nan)
+        fig, ax = plt.subplots(figsize=(1.6 + 1.3 * len(models), 1.2 + 0.6 * len(data_sites)))
+        image = ax.imshow(matrix, vmin=0, vmax=1, cmap="viridis")
+        ax.set_xticks(range(len(models)), [m.replace("SRV_", "").replace("_model.pt", "") for m in models], rotation=30)
+        ax.set_yticks(range(len(data_sites)), data_sites)
+        for i in range(len(data_sites)):
+            for j in range(len(models)):
+                if np.isfinite(matrix[i, j]):
+                    ax.text(j, i, f"{matrix[i, j]:.2f}", ha="center", va="center", color="w", fontsize=8)
+        ax.set_xlabel("model")
+        ax.set_ylabel("data of site")
+        ax.set_title(f"cross-site {key}: {name}", fontsize=9)
+        fig.colorbar(image, ax=ax, fraction=0.04)
+        fig.tight_layout()
+        file = f"cross_site_{_slug(name)}.png"
+        fig.savefig(out / file, dpi=110)
+        plt.close(fig)
+        lines += [f"![cross-site {name}]({file})", ""]
+    report = out / "report.md"
+    report.write_text("\n".join(lines) + "\n")
+    return report
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--task", choices=sorted(TASK_JOBS), default="breast_wdbc")
+    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    parser.add_argument("--algorithms", nargs="*", default=["fedavg", "fedprox", "fedopt", "scaffold", "fedbn"])
+    parser.add_argument("--dp-epsilon", type=float, default=0.0, help="also run FedAvg + DP-SGD with this budget")
+    parser.add_argument("--dp-options", type=json.loads, default={}, help="e.g. '{\"dp_max_grad_norm\": 5.0}'")
+    parser.add_argument(
+        "--extra",
+        nargs="*",
+        default=[],
+        metavar="NAME=JSON",
+        help='more federated runs, e.g. \'fedavg+percentile={"privacy_filter": "percentile"}\'',
+    )
+    parser.add_argument("--rounds", type=int, default=0, help="rounds of every job (default: the job's own)")
+    parser.add_argument("--parallel", type=int, default=3, help="simulator runs at once")
+    parser.add_argument("--out", default=None, help="report folder (default: docs/evidence/<task>)")
+    parser.add_argument("--keep", default=None, help="keep the workspaces here (default: a temporary folder)")
+    parser.add_argument(
+        "--merge",
+        action="store_true",
+        help="run only the federated configurations named here and merge them into --out's results.json "
+        "(replacing rows of the same name); centralized and local rows are read from it",
+    )
+    args = parser.parse_args(argv)
+    args.command_line = " ".join(sys.argv[1:] if argv is None else argv)  # for the report's provenance line
+    args.out = args.out or str(Path("docs") / "evidence" / args.task)
+    previous: dict[str, dict[str, Any]] = {}
+    if args.merge:
+        results_file = Path(args.out) / "results.json"
+        if not results_file.is_file():
+            parser.error(f"--merge needs an earlier report's {results_file}")
+        previous = json.loads(results_file.read_text())
+        if sorted(previous) != sorted(str(s) for s in args.seeds):
+            parser.error(f"--merge: {results_file} has seeds {sorted(previous)}, not {args.seeds}")
+    started = time.perf_counter()
+    runs = {}
+    with tempfile.TemporaryDirectory() as tmp:
+        work = Path(args.keep) if args.keep else Path(tmp)
+        for seed in args.seeds:
+            runs[seed] = run_seed(args, seed, work)
+            if args.merge:
+                args.merged_names = [n for n in runs[seed] if n != "initial model"]
+                runs[seed] = {**previous[str(seed)], **runs[seed]}  # same names keep their place, new ones last
+            partial = Path(args.out) / "results.partial.json"  # a long run keeps what it has measured so far
+            partial.parent.mkdir(parents=True, exist_ok=True)
+            partial.write_text(json.dumps({str(s): r for s, r in runs.items()}, indent=1) + "\n")
+            print(f"seed {seed}: " + ", ".join(f"{n} {r['held_out']:.4f}" for n, r in runs[seed].items()), flush=True)
+    report = write_report(args, runs, time.perf_counter() - started)
+    (Path(args.out) / "results.partial.json").unlink(missing_ok=True)
+    print(report.read_text())
+    print(f"report written to {report}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
