@@ -189,9 +189,12 @@ def test_server_restart_mid_job_is_detected_and_training_resumes(poc, tmp_path):
     resume_log = poc.job_file(chain[1], "log.txt").read_text()
     assert "resume_from_global_model.pt" in resume_log  # started from the saved global model, not from scratch
     saved = torch.load(poc.job_file(chain[0], "app_server/FL_global_model.pt"), weights_only=False)
-    shipped = next((poc.root / "submitted" / chain[1]).glob("*/app_server/custom/resume_from_global_model.pt"))
-    shipped = torch.load(shipped, weights_only=False)
-    assert all(torch.equal(saved["model"][k], shipped["model"][k]) for k in saved["model"])
+    (submitted,) = (poc.root / "submitted" / chain[1]).iterdir()
+    assert not list(submitted.glob("*/custom")), "the resumed job must carry no code (it would be a BYOC job)"
+    config = json.loads((submitted / "app_server/config/config_fed_server.json").read_text())
+    (persistor,) = [c for c in config["components"] if c["id"] == "persistor"]
+    loaded = torch.load(persistor["args"]["source_ckpt_file_full_name"], weights_only=False)
+    assert all(torch.equal(saved["model"][k], loaded["model"][k]) for k in saved["model"])
 
 
 def wait_for_round(poc, job_id, round_number, timeout=600):

@@ -524,11 +524,15 @@ class Poc:
                 if done >= total:
                     raise PocError(f"job {job_id} completed all {total} rounds; nothing to resume")
                 args.update(start_round=done, num_rounds=total - done)
+        # the server starts from the last global model, kept on the server's machine (here: this one); the job stays
+        # without code (an app_server/custom/ folder would make it a BYOC job, which provisioned sites refuse)
+        kept = self.root / "resume_checkpoints" / job_id / RESUME_CHECKPOINT
+        kept.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy2(checkpoint, kept)
         for item in config["components"]:
             if item["id"] == "persistor":
-                item["args"]["source_ckpt_file_full_name"] = RESUME_CHECKPOINT  # resolved in app_server/custom/
+                item["args"]["source_ckpt_file_full_name"] = str(kept.resolve())
         config_path.write_text(json.dumps(config, indent=2) + "\n")
-        shutil.copy2(checkpoint, staged / "app_server" / "custom" / RESUME_CHECKPOINT)
         meta = json.loads((staged / "meta.json").read_text())
         meta["name"] = f"{meta.get('name', source.parent.name)}_resume"
         meta["deploy_map"] = {"app_server": [self.server_name], "app_clients": list(self.site_names)}
