@@ -19,17 +19,13 @@ import json
 import sys
 from pathlib import Path
 
-# command -> (module with main(argv), one-line help); modules are imported only when their command runs
-COMMANDS = {
-    "simulate": ("oncofl.simulate", "run a job in the FLARE simulator on local data"),
-    "job": ("oncofl.cli", "write a job folder: oncofl job export <job> [options]"),
-    "make-data": ("oncofl.cli", "synthetic (or scikit-learn) data for 3 sites"),
-    "check-site": ("oncofl.cli", "check a site's data before joining (counts, vendors, unreadable files)"),
-    "report": ("oncofl.report", "evidence report: federated vs centralized vs each site alone"),
-    "poc": ("oncofl.deploy.poc", "the one-workstation rehearsal: a real FLARE POC"),
-    "provision": ("oncofl.deploy.provision", "the consortium's startup kits"),
-    "site": ("oncofl.deploy.site", "a hospital's steps with its kit: install, configure, preflight"),
-    "version": ("oncofl.cli", "version and code hash of the installed oncofl"),
+# commands run by a module's main(argv), imported only when the command runs; the others are below (LOCAL)
+MODULES = {
+    "simulate": "oncofl.simulate",
+    "report": "oncofl.report",
+    "poc": "oncofl.deploy.poc",
+    "provision": "oncofl.deploy.provision",
+    "site": "oncofl.deploy.site",
 }
 DATA_KINDS = {
     "prostate": ("oncofl.synthetic", "prostate MRI series + masks (task prostate_seg)"),
@@ -106,7 +102,7 @@ LOCAL = {"job": job_main, "make-data": make_data_main, "check-site": check_site_
 
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else list(argv)
-    if not argv or argv[0] in ("-h", "--help") or argv[0] not in COMMANDS:
+    if not argv or argv[0] in ("-h", "--help") or argv[0] not in {*MODULES, *LOCAL}:
         print(__doc__.strip())
         if argv and argv[0] not in ("-h", "--help"):
             print(f"\nunknown command '{argv[0]}'", file=sys.stderr)
@@ -115,7 +111,7 @@ def main(argv: list[str] | None = None) -> int:
     command, rest = argv[0], argv[1:]
     if command in LOCAL:
         return int(LOCAL[command](rest) or 0)
-    module = importlib.import_module(COMMANDS[command][0])
+    module = importlib.import_module(MODULES[command])
     sys.argv = [f"oncofl {command}", *rest]  # argparse's usage line names the subcommand
     return int(module.main(rest) or 0)
 

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import pickle
 from pathlib import Path
 
+import numpy as np
 import torch
 
 from .data import load_split, read_datalist
@@ -40,7 +42,17 @@ def holdout_metric(
     device = resolve_device()
     trainer = Trainer(spec, device, learning_rate=1e-3, seed=0, network=network)
     if checkpoint is not None:
-        state = torch.load(checkpoint, map_location="cpu", weights_only=False)
-        trainer.load_state({k: v.numpy() for k, v in state.get("model", state).items()})
+        trainer.load_state(load_checkpoint(checkpoint))
     data = DeviceData.from_numpy(split_data.images, split_data.labels, device)
     return trainer.evaluate(data, batch_size=batch_size)
+
+
+def load_checkpoint(path: str | Path) -> dict[str, np.ndarray]:
+    """The model weights of a checkpoint (a FLARE global model, a best model, a site's local model, or a bare state
+    dict). Read with ``weights_only``: tensors and plain containers only, so a crafted file (say, one downloaded from
+    a server) cannot run code when it is loaded."""
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as e:
+        raise ValueError(f"{path} is not a plain weights checkpoint (it holds other Python objects): refused") from e
+    return {k: v.numpy() for k, v in state.get("model", state).items()}

@@ -99,7 +99,7 @@ def test_admin_console_submission_learns_and_results_download(poc, tmp_path, syn
     assert meta["submitter_name"] == LEAD
 
     result = JobResults(poc.download(job_id, tmp_path / "results"))
-    weights = torch.load(result.global_model, map_location="cpu", weights_only=False)["model"]
+    weights = torch.load(result.global_model, map_location="cpu", weights_only=True)["model"]
     assert weights and all(torch.isfinite(v).all() for v in weights.values())
     cross = json.loads(result.cross_site.read_text())
     assert sorted(cross) == list(SITES)
@@ -188,12 +188,12 @@ def test_server_restart_mid_job_is_detected_and_training_resumes(poc, tmp_path):
     assert resumed[0]["round"] == len(first) and resumed[-1]["round"] == 3  # numbering continues, no round lost
     resume_log = poc.job_file(chain[1], "log.txt").read_text()
     assert "resume_from_global_model.pt" in resume_log  # started from the saved global model, not from scratch
-    saved = torch.load(poc.job_file(chain[0], "app_server/FL_global_model.pt"), weights_only=False)
+    saved = torch.load(poc.job_file(chain[0], "app_server/FL_global_model.pt"), weights_only=True)
     (submitted,) = (poc.root / "submitted" / chain[1]).iterdir()
     assert not list(submitted.glob("*/custom")), "the resumed job must carry no code (it would be a BYOC job)"
     config = json.loads((submitted / "app_server/config/config_fed_server.json").read_text())
     (persistor,) = [c for c in config["components"] if c["id"] == "persistor"]
-    loaded = torch.load(persistor["args"]["source_ckpt_file_full_name"], weights_only=False)
+    loaded = torch.load(persistor["args"]["source_ckpt_file_full_name"], weights_only=True)
     assert all(torch.equal(saved["model"][k], loaded["model"][k]) for k in saved["model"])
 
 

@@ -25,7 +25,7 @@ def decrypt_checkpoint(path, context_file) -> dict[str, np.ndarray]:
     import tenseal as ts
 
     context = ts.context_from(context_file.read_bytes())
-    state = torch.load(path, map_location="cpu", weights_only=False)["model"]
+    state = torch.load(path, map_location="cpu", weights_only=True)["model"]
     return {k: np.asarray(ts.ckks_vector_from(context, v).decrypt()) for k, v in state.items()}
 
 
@@ -56,7 +56,7 @@ def test_he_job_aggregates_ciphertexts_and_the_decrypted_global_model_learns(he_
     result = JobResults(poc.download(job_id, tmp_path / "results"))
 
     # the server's checkpoint is ciphertext: not a model anyone without a hospital's key can load
-    stored = torch.load(result.global_model, map_location="cpu", weights_only=False)["model"]
+    stored = torch.load(result.global_model, map_location="cpu", weights_only=True)["model"]
     assert stored and all(isinstance(v, bytes) for v in stored.values())
     import tenseal as ts
 

@@ -109,7 +109,7 @@ def test_lead_submits_the_prostate_job_through_the_console_and_it_learns(consort
     )
     leaked = [s for s in identifiers(consortium.data_of("hospital-a").parent) if s.encode() in server_side]
     assert not leaked, f"server-side results hold patient identifiers or site paths: {leaked}"
-    weights = torch.load(result.global_model, map_location="cpu", weights_only=False)["model"]
+    weights = torch.load(result.global_model, map_location="cpu", weights_only=True)["model"]
     assert all(torch.isfinite(v).all() for v in weights.values())
     holdout = consortium.data_of("hospital-a").parent / "holdout"
     initial, final = holdout_metric(None, holdout), holdout_metric(result.global_model, holdout)

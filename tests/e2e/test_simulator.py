@@ -129,6 +129,9 @@ def test_breast_wdbc_federated_learns_on_real_data(tmp_path):
     assert sorted(cross) == SITES and all("SRV_FL_global_model.pt" in cross[s] for s in SITES)
     log = (tmp_path / "simulator.log").read_text()
     assert "training with DistributedDataParallel on 2 x cpu" in log
+    # the job's provenance check ran on the server and at every site, and found the code the job was built for
+    for side in ("server", *SITES):
+        assert "installed here, as the job expects" in (tmp_path / "ws" / side / "log.txt").read_text(), side
 
 
 @pytest.mark.parametrize(

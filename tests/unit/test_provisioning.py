@@ -147,6 +147,19 @@ def test_site_installs_the_kits_wheel_and_preflight_verifies_the_installed_code(
     assert not (tmp_path / "t2").exists() and not (tmp_path / "t3").exists()
 
 
+def test_byoc_is_granted_only_to_the_roles_a_consortium_names():
+    """Research mode is an explicit opt-in per role; without it nobody may submit a job that carries code."""
+    from oncofl.deploy.builders import SiteTemplateBuilder
+
+    default = SiteTemplateBuilder()._authorization()["permissions"]
+    opted = SiteTemplateBuilder(allow_byoc=["lead"])._authorization()["permissions"]
+    assert {r: p["byoc"] for r, p in default.items() if isinstance(p, dict)} == dict.fromkeys(ROLES, "none")
+    assert {r: p["byoc"] for r, p in opted.items() if isinstance(p, dict)} == {
+        **dict.fromkeys(ROLES, "none"),
+        "lead": "any",
+    }
+
+
 def test_flare_builds_the_site_privacy_scope_with_our_guard(provisioned):
     kit = provisioned.kit("hospital-a")
     manager = create_privacy_manager(Workspace(str(kit), "hospital-a"), names_only=False)

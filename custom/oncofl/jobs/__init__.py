@@ -26,7 +26,8 @@ JOB_COMPONENTS = (
     "torch.optim.Adam",  # FedOpt's server optimizer
     "torch.optim.SGD",
 )
-# fault drills (a site's updates broken on purpose): allowed in the simulator only, never in a hospital's kit
+# fault drills (a site's updates broken on purpose): allowed in the simulator and the POC rehearsal, never in a
+# hospital's kit
 DRILL_COMPONENTS = ("oncofl.faults.UpdateFaultFilter",)
 
 
