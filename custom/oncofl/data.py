@@ -25,7 +25,7 @@ from typing import Any
 
 import numpy as np
 
-from .errors import SiteDataError, SiteDataErrors
+from .errors import SiteDataError, SiteDataErrors, case_error
 from .site_config import SiteConfig
 from .tasks import TaskSpec
 
@@ -171,16 +171,23 @@ def load_case_cached(
     return image, label
 
 
+def _case_failed(error: Exception, case: CaseRef, config: SiteConfig) -> SiteDataError:
+    """One case's failure as a reportable error: its traceback to the local log, fixed texts for the server."""
+    if not isinstance(error, SiteDataError):
+        logger.warning("[%s] %s failed to load", config.site_name, case.item, exc_info=error)
+    err = case_error(error, "", path=str(case.image))
+    part = "label" if err.path and err.path == str(case.label) else "image"
+    return err.with_context(site=config.site_name, item=f"{case.item}, {part}")
+
+
 def load_split(cases: list[CaseRef], task: TaskSpec, params: dict[str, Any], config: SiteConfig) -> SplitData:
     """Load every case of a split (threads = ``num_workers``); bad cases fail together or are skipped by policy."""
 
     def one(case: CaseRef) -> tuple[np.ndarray, np.ndarray] | SiteDataError:
         try:
             return load_case_cached(case, task, params, config.cache_dir)
-        except SiteDataError as e:
-            return e.with_context(
-                site=config.site_name, item=f"{case.item}, {'label' if e.path == str(case.label) else 'image'}"
-            )
+        except Exception as e:  # every kind of bad case (OSError, a reader's ValueError, ...), not only ours
+            return _case_failed(e, case, config)
 
     workers = max(1, config.num_workers)
     with ThreadPoolExecutor(max_workers=workers) as pool:

@@ -22,15 +22,17 @@ def resolve_device(gpu_ids: tuple[int, ...] = (), site: str = "") -> torch.devic
     if gpu_ids:
         if not torch.cuda.is_available():
             raise SiteConfigError(
-                f"gpu_ids {list(gpu_ids)} configured but CUDA is not available to PyTorch",
+                "gpu_ids configured but CUDA is not available to PyTorch",
                 fix='install the CUDA build of torch for this driver, or set "gpu_ids": [] to train on the CPU',
                 site=site,
+                detail=f"gpu_ids {list(gpu_ids)}",
             )
         if max(gpu_ids) >= torch.cuda.device_count():
             raise SiteConfigError(
-                f"gpu_ids {list(gpu_ids)} configured but only {torch.cuda.device_count()} GPU(s) are visible",
+                "gpu_ids name a GPU that is not visible",
                 fix="use indices below the visible GPU count (check CUDA_VISIBLE_DEVICES)",
                 site=site,
+                detail=f"gpu_ids {list(gpu_ids)}, {torch.cuda.device_count()} GPU(s) visible",
             )
         return torch.device("cuda", gpu_ids[0])
     return torch.device("cuda", 0) if torch.cuda.is_available() else torch.device("cpu")

@@ -2,12 +2,26 @@
 
 Every error carries two texts:
 
-* ``local_message()`` for the site's own log: names the site, the file (full path) and the fix;
-* ``server_message()`` for what may leave the hospital: names the site, *which* item of the datalist failed
-  (e.g. ``training case #3, image``) and the fix, but never a file path or anything read from the file.
+* ``local_message()`` for the site's own log: names the site, the file (full path), the values read from it
+  (``detail``) and the fix;
+* ``server_message()`` for what may leave the hospital, built only from our own fixed text: the site's name, *which*
+  item of the datalist failed (e.g. ``training case #3, image``), the ``problem`` and ``fix`` texts and the error's
+  type -- never a path, a value read from a file, or an exception's message.
+
+The rule for every raise: ``problem`` and ``fix`` are fixed sentences of this code (they may name positions such as
+``frame 3`` and exception *types*); whatever was read from a file, a path or another exception's message goes into
+``detail`` (local only). ``tests/unit/test_errors.py`` checks every raise in the package for it.
 """
 
 from __future__ import annotations
+
+from collections.abc import Iterable
+
+
+def known(value: str, vocabulary: Iterable[str], default: str = "other") -> str:
+    """``value`` if it is one of our fixed ``vocabulary`` (e.g. transfer syntax names), else ``default``: the only way
+    a value that came from a file may appear in a ``problem`` or ``fix`` text."""
+    return value if value in set(vocabulary) else default
 
 
 class OncoFLError(Exception):
@@ -41,9 +55,10 @@ class OncoFLError(Exception):
         return f"{where}{item}{self.problem}{detail}{path}. Fix: {self.fix}"
 
     def server_message(self) -> str:
+        """What may leave the site: fixed text, the datalist position and the error's type only."""
         where = f"[{self.site}] " if self.site else ""
         item = f"{self.item}: " if self.item else ""
-        return f"{where}{item}{self.problem}. Fix: {self.fix}"
+        return f"{where}{item}{self.problem} ({type(self).__name__}). Fix: {self.fix}"
 
 
 class SiteConfigError(OncoFLError):
@@ -58,6 +73,24 @@ class DicomReadError(SiteDataError):
     """A DICOM file or series cannot be read."""
 
 
+def case_error(error: BaseException, item: str, *, path: str = "") -> SiteDataError:
+    """Any exception raised while one case was loaded, as a :class:`SiteDataError` that is safe to report.
+
+    Our own errors keep their fixed texts; any other exception (an ``OSError`` naming a path, a ``ValueError``
+    quoting a header value, ...) is described to the server by its *type* only, its message goes to ``detail``.
+    """
+    if isinstance(error, SiteDataError):
+        return error.with_context(item=item)
+    if isinstance(error, OncoFLError):  # fixed texts already; keep them
+        problem, fix, detail, path = error.problem, error.fix, error.detail, error.path or path
+    else:
+        filename = getattr(error, "filename", None)
+        problem = f"case cannot be loaded ({type(error).__name__})"
+        fix, detail = "see this site's local log for the file and the reason", str(error)
+        path = str(filename) if filename else path
+    return SiteDataError(problem, fix=fix, path=path, item=item, detail=detail)
+
+
 class SiteDataErrors(SiteDataError):
     """Several bad cases at one site, reported together so the operator can fix them in one pass."""
 
@@ -67,9 +100,20 @@ class SiteDataErrors(SiteDataError):
         problem = f"{len(errors)} case(s) could not be used; first: {first.item}: {first.problem}"
         super().__init__(problem, fix=first.fix, site=site)
 
+    def server_message(self) -> str:
+        """Every bad case by position, problem and type (fixed texts), so the consortium sees them all."""
+        where = f"[{self.site}] " if self.site else ""
+        head = f"{where}{len(self.errors)} case(s) could not be used; first: {self.errors[0].item}: "
+        cases = "; ".join(f"{e.item}: {e.problem} ({type(e).__name__}). Fix: {e.fix}" for e in self.errors[:20])
+        more = f"; and {len(self.errors) - 20} more" if len(self.errors) > 20 else ""
+        return head + cases + more
+
     def local_message(self) -> str:
         errors = getattr(self, "errors", [])
         where = f"[{self.site}] " if self.site else ""
         lines = [f"{where}{len(errors)} case(s) could not be used:"]
-        lines += [f"  - {e.item}: {e.problem} (file: {e.path}). Fix: {e.fix}" for e in errors]
+        lines += [
+            f"  - {e.item}: {e.problem}{f' [{e.detail}]' if e.detail else ''} (file: {e.path}). Fix: {e.fix}"
+            for e in errors
+        ]
         return "\n".join(lines)

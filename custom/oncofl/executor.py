@@ -7,7 +7,8 @@ FL touchpoints, in order:
   (3) ``validate``: score a model sent by the server (cross-site evaluation);
   (4) ``submit_model``: return this site's last locally trained model.
 Anything that goes wrong is logged in full locally and answered with an error reply whose ``oncofl_error`` header
-names the site, the datalist item and the fix -- redacted of paths -- so the server can log it.
+names the site, the datalist item, the error's type and the fix -- fixed texts only, never a path, a value read from
+a file or an exception's message (and redacted once more on the way out) -- so the server can log it.
 """
 
 from __future__ import annotations
@@ -166,7 +167,7 @@ class OncoFLExecutor(Executor):
         if devices and (self.algorithm == "scaffold" or self._dp is not None):
             raise SiteConfigError(
                 f"this job uses {'DP-SGD' if self._dp else 'SCAFFOLD'}, which trains on one device per site, but the "
-                f"site config asks for {len(devices)} devices",
+                "site config asks for several devices",
                 fix='for this job set "gpu_ids" to one GPU (or "cpu_processes": 1) in the site config',
                 site=self._site,
             )
@@ -226,8 +227,9 @@ class OncoFLExecutor(Executor):
             return self._error_reply(e.server_message())
         except Exception as e:
             self.log_error(fl_ctx, f"task '{task_name}' failed: {traceback.format_exc()}")
+            # the exception's message may quote a path or a header value: only its type leaves the site
             return self._error_reply(
-                f"[{self._site}] task '{task_name}' failed with {type(e).__name__}: {e}. "
+                f"[{self._site}] task '{task_name}' failed with {type(e).__name__}. "
                 "Fix: see this site's local log for the full traceback"
             )
 
@@ -273,10 +275,12 @@ class OncoFLExecutor(Executor):
         global_score = trainer.evaluate(val, batch_size=self.batch_size)  # (2) the global model on local data
         if trainer.privacy is not None and not trainer.privacy.next_round_fits():
             raise OncoFLError(
-                f"privacy budget spent: epsilon {trainer.privacy.epsilon():.3f} so far, another round would reach "
-                f"{trainer.privacy.epsilon(trainer.privacy.steps_per_round):.3f} > budget "
-                f"{trainer.privacy.settings.epsilon_budget}; this site trains no more rounds of this job",
+                "privacy budget spent: another round would exceed the job's epsilon budget; this site trains no more "
+                "rounds of this job",
                 fix="start a new job with a new budget only if the consortium's privacy policy allows it",
+                detail=f"epsilon {trainer.privacy.epsilon():.3f} so far, another round would reach "
+                f"{trainer.privacy.epsilon(trainer.privacy.steps_per_round):.3f} > budget "
+                f"{trainer.privacy.settings.epsilon_budget}",
             )
 
         started = time.perf_counter()

@@ -1,9 +1,11 @@
 """The one gate for what leaves a site: every task result passes :class:`PHIGuardFilter` on its way out.
 
 Weights are numbers; metrics must be plain named floats; every outgoing string (reply headers, DXO meta) passes
-:meth:`OutgoingGuard.redact`, which removes the site's own paths, anything path-like, DICOM UIDs, DICOM dates and
-person names (``FAMILY^GIVEN``). The executor builds its messages through the same guard; the filter, configured as a
-task-result filter on every client, makes that hold for any component of the job.
+:meth:`OutgoingGuard.redact`, which removes the site's own paths, anything path-like (to the end of its line: paths
+hold spaces and commas), DICOM UIDs, DICOM dates and person names (``FAMILY^GIVEN``), in linear time. The guard is the
+last line: the messages themselves are built from fixed texts only (:mod:`oncofl.errors`). The executor builds its
+messages through the same guard; the filter, configured as a task-result filter on every client, makes that hold for
+any component of the job.
 """
 
 from __future__ import annotations
@@ -20,30 +22,59 @@ from nvflare.apis.fl_context import FLContext
 from nvflare.apis.shareable import ReservedHeaderKey, Shareable
 
 REDACTED = "<redacted>"
-# Absolute POSIX/Windows paths, home-relative paths, and any token with two or more path separators.
-_PATH_LIKE = re.compile(r"(?:[A-Za-z]:)?(?:~|\.{1,2})?(?:[\\/][^\s\\/'\"<>|,;]+){2,}[\\/]?|[A-Za-z]:\\[^\s'\"<>|,;]+")
-_DICOM_UID = re.compile(r"\b\d+(?:\.\d+){4,}\b")
-_DICOM_DATE = re.compile(r"\b(?:19|20)\d{2}(?:0[1-9]|1[0-2])(?:0[1-9]|[12]\d|3[01])\b")
-_PERSON_NAME = re.compile(r"\b[\w-]+\^[\w^ -]*")
+# Where a path begins: a token that starts like an absolute, home-relative or Windows path, or holds a separator.
+# Every pattern below is fixed-width or anchored on a token, so redaction runs in time linear in the text.
+_PATH_START = re.compile(r"(?:[A-Za-z]:[\\/]|\\\\|~[\\/]|\.{1,2}[\\/]|[\\/])")
+_TOKEN = re.compile(r"[^\s'\"`(\[{<=]+")
+_DICOM_UID = re.compile(r"\b\d++(?:\.\d++){4,}+")
+_DICOM_DATE = re.compile(r"\b(?:19|20)\d\d(?:0[1-9]|1[0-2])(?:0[1-9]|[12]\d|3[01])(?!\d)")
+_ROOT = "\x00"  # stands for a configured root while a text is redacted
 _METRIC_NAME = re.compile(r"^[A-Za-z][A-Za-z0-9_./-]{0,63}$")
 
 
+def _path_start(line: str) -> int:
+    """Index where the first path (or DICOM person name) of ``line`` begins, or -1.
+
+    A path may hold spaces, commas and quotes, so nothing after its start can be trusted to be ours: the caller drops
+    the rest of the line. A token starts a path when it begins like one (``/``, ``\\``, ``~/``, ``./``, ``C:\\``) or
+    holds a separator anywhere (``cases/DOE, JOHN/...``); a token holding ``^`` starts a DICOM person name.
+    """
+    for token in _TOKEN.finditer(line):
+        text = token.group()
+        if "/" in text or "\\" in text or "^" in text or _ROOT in text or _PATH_START.match(text):
+            return token.start()
+    return -1
+
+
 class OutgoingGuard:
-    """Redacts site-local strings (data root, cache dir, config path) and path-like tokens from outgoing text."""
+    """Redacts site-local strings (data root, cache dir, config path), paths, DICOM UIDs, dates and person names
+    from outgoing text, in time linear in its length.
+
+    Order: the site's own configured roots first (longest first, so a root is removed whole even where it holds
+    spaces); then, line by line, everything from the first path-like token to the end of the line (a path may hold
+    spaces and commas, so its end cannot be known); then UIDs and dates.
+    """
 
     def __init__(self, sensitive: Iterable[str] = ()) -> None:
         self._sensitive: set[str] = set()
         self.add(*sensitive)
 
     def add(self, *strings: str) -> None:
-        self._sensitive.update(s for s in strings if s and len(s) >= 3)
+        for s in strings:
+            for variant in (s, s.rstrip("/\\"), s.replace("\\", "/"), s.replace("/", "\\")):
+                if variant and len(variant) >= 3:
+                    self._sensitive.add(variant)
 
     def redact(self, text: str) -> str:
-        for pattern in (_PATH_LIKE, _DICOM_UID, _DICOM_DATE, _PERSON_NAME):
-            text = pattern.sub(REDACTED, text)
+        text = text.replace(_ROOT, "")
         for s in sorted(self._sensitive, key=len, reverse=True):
-            text = text.replace(s, REDACTED)
-        return text
+            text = text.replace(s, _ROOT)  # a marker: the line is cut from here, with what follows the root
+        lines = []
+        for line in text.split("\n"):
+            start = _path_start(line)
+            lines.append(line if start < 0 else line[:start] + REDACTED)
+        text = "\n".join(lines)
+        return _DICOM_DATE.sub(REDACTED, _DICOM_UID.sub(REDACTED, text))
 
     @staticmethod
     def metrics(values: Mapping[str, float]) -> dict[str, float]:

@@ -29,7 +29,7 @@ import os
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 
-from .errors import SiteConfigError
+from .errors import SiteConfigError, known
 
 ENV_VAR = "ONCOFL_SITE_CONFIG"
 LOCAL_FILE_NAME = "oncofl_site.json"
@@ -95,10 +95,11 @@ def load_site_config(path: str | os.PathLike, site_name: str = "") -> SiteConfig
         ) from None
     except json.JSONDecodeError as e:
         raise SiteConfigError(
-            f"site configuration is not valid JSON (line {e.lineno}, column {e.colno}: {e.msg})",
+            f"site configuration is not valid JSON (line {e.lineno}, column {e.colno})",
             fix="correct the JSON syntax (no comments or trailing commas)",
             site=site_name,
             path=str(path),
+            detail=e.msg,
         ) from e
     return parse_site_config(raw, site_name=site_name, source=path)
 
@@ -108,16 +109,20 @@ def parse_site_config(raw: object, *, site_name: str = "", source: Path | None =
     where = str(source) if source else ""
     if not isinstance(raw, dict):
         raise SiteConfigError("site configuration must be a JSON object", fix="wrap the fields in { }", site=site_name)
-    problems: list[str] = []  # may be sent to the server: no paths here
+    problems: list[str] = []  # may be sent to the server: fixed texts only, no value from the file
     details: list[str] = []  # local-only specifics
-    for key in raw:
+    for key in raw:  # a key is text from the file: only its closest allowed name is quoted
         if key not in _ALLOWED:
-            close = difflib.get_close_matches(key, sorted(_ALLOWED), n=1)
-            hint = f" (did you mean '{close[0]}'?)" if close else f" (allowed: {', '.join(sorted(_ALLOWED))})"
-            problems.append(f"unknown field '{key}'{hint}")
-    for key in _REQUIRED:
-        if key not in raw:
-            problems.append(f"missing required field '{key}'")
+            close = difflib.get_close_matches(str(key), sorted(_ALLOWED), n=1)
+            problems.append(
+                f"unknown field (did you mean '{known(close[0], _ALLOWED)}'?)"
+                if close
+                else f"unknown field (allowed: {', '.join(sorted(_ALLOWED))})"
+            )
+            details.append(f"unknown field {key!r}")
+    for required in _REQUIRED:
+        if required not in raw:
+            problems.append(f"missing required field '{known(required, _REQUIRED)}'")
 
     base = source.parent if source else Path.cwd()
 
@@ -126,7 +131,7 @@ def parse_site_config(raw: object, *, site_name: str = "", source: Path | None =
         if value is None:
             return default
         if not isinstance(value, str) or not value.strip():
-            problems.append(f"'{key}' must be a non-empty string path")
+            problems.append(f"'{known(key, _ALLOWED)}' must be a non-empty string path")
             return default
         p = Path(value).expanduser()
         return (p if p.is_absolute() else base / p).resolve()
@@ -136,10 +141,8 @@ def parse_site_config(raw: object, *, site_name: str = "", source: Path | None =
         problems.append("'site_name' must be a string")
         declared_site = ""
     elif declared_site and site_name and declared_site != site_name:
-        problems.append(
-            f"'site_name' is '{declared_site}' but this client runs as '{site_name}' (a config copied from another "
-            "site?)"
-        )
+        problems.append(f"'site_name' differs from the name this client runs as, '{site_name}' (a config copied?)")
+        details.append(f"site_name={declared_site!r}")
 
     data_root = as_path("data_root", None)
     if data_root is not None and "data_root" in raw and not data_root.is_dir():
@@ -171,7 +174,8 @@ def parse_site_config(raw: object, *, site_name: str = "", source: Path | None =
         cpu_processes = 1
     policy = raw.get("on_unreadable_case", "fail")
     if policy not in UNREADABLE_POLICIES:
-        problems.append(f"'on_unreadable_case' must be one of {UNREADABLE_POLICIES}, got {policy!r}")
+        problems.append(f"'on_unreadable_case' must be one of {UNREADABLE_POLICIES}")
+        details.append(f"on_unreadable_case={policy!r}")
         policy = "fail"
 
     if problems:

@@ -77,12 +77,12 @@ def test_label_shape_mismatch_names_both_shapes(tmp_path):
     with pytest.raises(SiteDataErrors) as info:
         load_split([case], TASK, PARAMS, config)
     err = info.value.errors[0]
-    assert err.item == "validation case #0, label" and "label has shape 64x64x14 but its image has 64x64x16" in (
-        err.problem
-    )
+    assert err.item == "validation case #0, label" and err.problem == "label's shape differs from its image's"
+    assert "label 64x64x14, image 64x64x16" in err.local_message()  # the shapes stay in the local log
     assert "voxel grid" in err.fix
     assert err.path == str(case.label)  # the local log names the file; the server message does not
     assert str(case.label) in err.local_message() and str(case.label) not in info.value.server_message()
+    assert "64x64x14" not in info.value.server_message()
 
 
 def test_cache_is_reused_and_invalidated_by_a_changed_file(tmp_path):
@@ -118,3 +118,43 @@ def test_damaged_cache_entry_is_rebuilt(tmp_path):
     for entry in config.cache_dir.glob("*.npz"):
         entry.write_bytes(b"not a zip")
     np.testing.assert_array_equal(load_split(cases, TASK, PARAMS, config).images, good.images)
+
+
+def _hostile(tmp_path, policy: str):
+    from tests.phi_markers import hostile_site
+
+    root = tmp_path / "ZQXPHI root, North"  # the site's own roots hold a marker, a space and a comma
+    config = load_site_config(make_site(root, n_cases=7, on_unreadable_case=policy), site_name="site-1")
+    return config, hostile_site(config.data_root)
+
+
+def test_every_kind_of_bad_case_is_skipped_and_reported_by_position_and_type_only(tmp_path, caplog):
+    """on_unreadable_case=skip holds for every kind of failure (not only our own SiteDataError): a truncated file, a
+    file the site may not read (PermissionError), a name in a numeric header (ValueError inside the reader) and a
+    pixel encoding no installed decoder reads. What may leave the site names none of the planted markers."""
+    from oncofl.errors import SiteDataErrors
+    from tests.phi_markers import FAILURES, MARKER
+
+    config, items = _hostile(tmp_path, "skip")
+    cases = read_datalist(config)
+    with caplog.at_level("WARNING"):
+        split = load_split(cases["training"], TASK, PARAMS, config)
+    assert len(split) == len(cases["training"]) - len(FAILURES) > 0 and len(split.skipped) == len(FAILURES)
+    assert sorted(e.item for e in split.skipped) == sorted(f"{items[k]}, image" for k in FAILURES)
+    report = SiteDataErrors(split.skipped, site="site-1").server_message()
+    assert MARKER not in report and "root, North" not in report
+    for e in split.skipped:
+        assert MARKER not in e.server_message() and MARKER in e.local_message()  # the local log keeps the detail
+    assert "PermissionError" in report and "ValueError" in report  # other exceptions named by type
+    assert MARKER in caplog.text  # ... and logged at the site with their traceback
+
+
+def test_every_kind_of_bad_case_fails_the_split_together_without_markers(tmp_path):
+    from tests.phi_markers import FAILURES, MARKER
+
+    config, items = _hostile(tmp_path, "fail")
+    with pytest.raises(SiteDataErrors) as info:
+        load_split(read_datalist(config)["training"], TASK, PARAMS, config)
+    text = info.value.server_message()
+    assert MARKER not in text and all(f"{items[k]}, image:" in text for k in FAILURES)
+    assert MARKER in info.value.local_message()

@@ -38,3 +38,40 @@ def test_check_script_exit_codes(tmp_path):
         [sys.executable, *script, "--config", str(tmp_path / "nope.json")], capture_output=True, text=True
     )
     assert missing.returncode == 2 and "does not exist" in missing.stderr
+
+
+def test_aggregates_hold_only_fixed_vocabularies_and_numbers(tmp_path):
+    """Free-text headers (Manufacturer, Modality, names) are counted as categories, never copied; every kind of bad
+    case is counted by our fixed problem text and type; `check-site --json` prints none of the planted markers."""
+    import subprocess
+    import sys
+
+    from tests.phi_markers import FAILURES, MARKER, hostile_site
+
+    config_file = make_site(tmp_path / "ZQXPHI root, North", n_cases=7)
+    config = load_site_config(config_file, site_name="site-1")
+    hostile_site(config.data_root)
+    for decode in (False, True):
+        report = check_site(config, decode=decode)
+        summary = report.summary()
+        assert MARKER not in json.dumps(summary), decode
+        bad = sum(summary["unreadable"].values())
+        good = summary["cases"]["training"] + summary["cases"]["validation"] - bad
+        assert summary["modalities"] == {"other": good} and summary["manufacturers"] == {"other": good}
+        assert bad == (len(FAILURES) if decode else 1)  # headers only: just the file that cannot be opened fails
+        assert MARKER in report.local_text()  # the site's own view keeps what it read
+    out = subprocess.run(
+        [sys.executable, "-m", "oncofl.cli", "check-site", "--config", str(config_file), "--json"],
+        capture_output=True,
+        text=True,
+    )
+    assert out.returncode != 0 and json.loads(out.stdout)["site"] == "site-1" and MARKER not in out.stdout
+
+
+def test_vendors_and_modalities_map_to_known_names():
+    from oncofl.datacheck import modality_category, vendor_category
+
+    assert vendor_category("GE MEDICAL SYSTEMS") == "GE" and vendor_category("Philips Medical Systems") == "PHILIPS"
+    assert vendor_category("SIEMENS") == "SIEMENS" and vendor_category("TOSHIBA_MEC") == "CANON"
+    assert vendor_category("Dr. Smith's scanner, Ward 3") == "other" and vendor_category("  ") == "unknown"
+    assert modality_category("mr") == "MR" and modality_category("DOE^JOHN") == "other"

@@ -40,14 +40,18 @@ def test_every_bad_field_is_reported_at_once(tmp_path):
         parse_site_config(raw, site_name="site-1")
     text = info.value.server_message()
     for expected in (
-        "unknown field 'data_rot' (did you mean 'data_root'?)",
+        "unknown field (did you mean 'data_root'?)",
         "missing required field 'data_root'",
         "'gpu_ids' must be a list",
         "'num_workers' must be an integer",
         "'on_unreadable_case' must be one of",
-        "'site_name' is 'site-9' but this client runs as 'site-1'",
+        "'site_name' differs from the name this client runs as, 'site-1'",
     ):
         assert expected in text
+    # the values read from the file stay in the local message
+    assert "data_rot" not in text and "ignore" not in text and "site-9" not in text
+    local = info.value.local_message()
+    assert "'data_rot'" in local and "'ignore'" in local and "'site-9'" in local
 
 
 def test_invalid_json_names_line(tmp_path):

@@ -33,7 +33,7 @@ def test_load_case_reads_features_and_refuses_bad_rows(tmp_path):
     assert x.shape == (30,) and x.dtype == np.float32 and y.tolist() == [entry["label"]]
     bad = tmp_path / "bad.csv"
     bad.write_text("a,b\n1.0,2.0\n")
-    with pytest.raises(SiteDataError, match="expected 30 finite non-negative features, got 2"):
+    with pytest.raises(SiteDataError, match=r"expected 30 finite non-negative features \[found 2 values\]"):
         TASK.load_case(bad, 1.0, {})
     with pytest.raises(SiteDataError, match="label must be 0"):
         TASK.load_case(root / "site-1" / entry["image"], 2.0, {})

@@ -8,7 +8,10 @@ import numpy as np
 import pydicom
 from pydicom.errors import InvalidDicomError
 
-from ..errors import DicomReadError
+from ..errors import DicomReadError, known
+
+# transfer syntax names an error may quote (a file's own UID is never quoted: it may hold any text)
+SYNTAX_NAMES = frozenset(uid.name for uid in pydicom.uid.AllTransferSyntaxes)
 
 # Which package decodes which compressed transfer syntax (pydicom's pixel-data plugins).
 DECODER_PACKAGES = {
@@ -49,30 +52,33 @@ def decode(ds: pydicom.Dataset, path: Path | str) -> np.ndarray:
     """``ds.pixel_array``, or a :class:`DicomReadError` naming the transfer syntax and the decoder to install."""
     if "PixelData" not in ds and "FloatPixelData" not in ds and "DoubleFloatPixelData" not in ds:
         raise fail(
-            f"file holds no image (Modality {getattr(ds, 'Modality', '?')}, e.g. a report, plan or structure set)",
+            "file holds no image (e.g. a report, plan or structure set)",
             "point the datalist at image series only",
             path,
+            detail=f"Modality {getattr(ds, 'Modality', '?')}",
         )
     syntax = ds.file_meta.get("TransferSyntaxUID") if hasattr(ds, "file_meta") else None
     try:
         return ds.pixel_array
     except Exception as e:
-        name = getattr(syntax, "name", str(syntax))
+        name = str(getattr(syntax, "name", syntax))  # a UID pydicom does not know is named by its own text
         message = str(e).lower()
         if syntax is not None and syntax.is_compressed:
             package = next((p for k, p in DECODER_PACKAGES.items() if name.startswith(k)), None)
             if any(k in message for k in ("missing", "no pixel data handler", "dependenc", "plugin")):
                 raise fail(
-                    f"no installed decoder for transfer syntax '{name}'",
-                    f"pip install {package or 'pylibjpeg'} (or re-export the series uncompressed)",
+                    f"no installed decoder for transfer syntax '{known(name, SYNTAX_NAMES, 'unrecognized')}'",
+                    f"pip install {known(package or '', DECODER_PACKAGES.values(), 'pylibjpeg')} (or re-export the "
+                    "series uncompressed)",
                     path,
-                    detail=str(e),
+                    detail=f"transfer syntax {syntax}: {e}",
                 ) from e
             raise fail(
-                f"compressed pixel data ('{name}') cannot be decoded ({type(e).__name__})",
+                f"compressed pixel data ('{known(name, SYNTAX_NAMES, 'unrecognized')}') cannot be decoded "
+                f"({type(e).__name__})",
                 "the file is damaged or truncated: re-export it from PACS",
                 path,
-                detail=str(e),
+                detail=f"transfer syntax {syntax}: {e}",
             ) from e
         raise fail(
             f"pixel data cannot be decoded ({type(e).__name__})",

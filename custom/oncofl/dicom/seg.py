@@ -30,9 +30,10 @@ def read_seg(path: str | os.PathLike, reference: SeriesVolume) -> np.ndarray:
     shape = reference.array.shape
     if frames.shape[1:] != (shape[1], shape[0]):
         raise fail(
-            f"segmentation frames are {frames.shape[1]}x{frames.shape[2]} but the image is {shape[1]}x{shape[0]}",
+            "segmentation frames are not the size of the image's slices",
             "export the segmentation on the image series' own grid",
             path,
+            detail=f"frames {frames.shape[1]}x{frames.shape[2]}, image {shape[1]}x{shape[0]}",
         )
     lps = LPS_TO_RAS @ reference.affine  # voxel -> LPS
     to_voxel = np.linalg.inv(lps)

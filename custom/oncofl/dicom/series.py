@@ -108,10 +108,10 @@ def assemble(
         if abs(steps[worst] - spacing_z) > SPACING_TOLERANCE * spacing_z:
             if spacing_policy != "resample":
                 raise fail(
-                    f"slice spacing is not uniform ({steps[worst]:.2f} mm where the series has {spacing_z:.2f} mm):"
-                    " a slice is missing or the series mixes stacks",
+                    "slice spacing is not uniform: a slice is missing or the series mixes stacks",
                     "re-export the complete series from PACS, or set the series policy to 'resample'",
                     ordered_names[worst + 1],
+                    detail=f"{steps[worst]:.2f} mm where the series has {spacing_z:.2f} mm",
                 )
             stack, offsets = _resample_uniform(stack, offsets, spacing_z)
 
@@ -160,9 +160,10 @@ def read_slices(
             raise fail("the requested series is not in this folder", "check the series UID in the datalist", folder)
     elif len(groups) > 1:
         raise fail(
-            f"folder holds {len(groups)} different series",
+            "folder holds more than one series",
             "put each series (SeriesInstanceUID) in its own folder, or name the series in the datalist",
             folder,
+            detail=f"{len(groups)} series",
         )
     orientation, pixel_spacing = _geometry(headers[0][1], headers[0][0])
     first = headers[0][1]
@@ -179,9 +180,10 @@ def read_slices(
         pixels = decode(header, path)
         if pixels.shape != (rows, cols):
             raise fail(
-                f"slice is {'x'.join(map(str, pixels.shape))} but the series is {rows}x{cols}",
+                "slice's matrix size differs from the series'",
                 "re-export the series; all slices must share one matrix size",
                 path,
+                detail=f"slice {'x'.join(map(str, pixels.shape))}, series {rows}x{cols}",
             )
         slices.append(np.asarray(apply_modality_lut(pixels, header), dtype=np.float32))
         positions.append(np.asarray(header.ImagePositionPatient, dtype=np.float64))

@@ -59,9 +59,10 @@ def load_case(image_path: Path, label: Path | float, params: dict[str, Any]) -> 
     image = read_projection(image_path, crop=True)
     if image.modality not in ("MG", "DX", "CR"):
         raise SiteDataError(
-            f"expected a mammogram (MG), got modality {image.modality or 'none'}",
+            "expected a mammogram (Modality MG, DX or CR)",
             fix="list only MG 'for presentation' images in the datalist",
             path=str(image_path),
+            detail=f"Modality {image.modality or 'none'}",
         )
     side = max(image.array.shape)
     square = np.zeros((side, side), dtype=np.float32)

@@ -84,17 +84,19 @@ def read_label(label_path: Path, volume: SeriesVolume) -> np.ndarray:
         label = label[..., 0]
     if label.shape != tuple(image_shape):
         raise SiteDataError(
-            f"label has shape {'x'.join(map(str, label.shape))} but its image has {'x'.join(map(str, image_shape))}",
+            "label's shape differs from its image's",
             fix="the mask must be drawn on the image's own voxel grid; re-export it from the annotation tool "
             "using this series as reference",
             path=str(label_path),
+            detail=f"label {'x'.join(map(str, label.shape))}, image {'x'.join(map(str, image_shape))}",
         )
     offset = float(np.abs(img.affine - image_affine).max())
     if offset > AFFINE_TOLERANCE_MM:
         raise SiteDataError(
-            f"label is not aligned with its image (geometry differs by {offset:.1f} mm)",
+            "label is not aligned with its image",
             fix="re-export the mask with the image series as reference geometry",
             path=str(label_path),
+            detail=f"geometry differs by {offset:.1f} mm",
         )
     if not np.all(np.isfinite(label)) or np.any(label < 0) or np.any(label != np.round(label)):
         raise SiteDataError(
