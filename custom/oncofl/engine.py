@@ -13,8 +13,8 @@ import numpy as np
 import torch
 
 from .algorithms import DPSettings, PrivacyLedger
-from .errors import SiteConfigError
-from .tasks import TaskSpec
+from .errors import JobError, SiteConfigError, known
+from .tasks import TASK_NAMES, TaskSpec
 
 
 def resolve_device(gpu_ids: tuple[int, ...] = (), site: str = "") -> torch.device:
@@ -184,9 +184,11 @@ class Trainer:
         missing, unexpected = sorted(set(own) - set(weights)), sorted(set(weights) - set(own))
         bad_shape = [k for k in own if k in weights and tuple(np.shape(weights[k])) != tuple(own[k].shape)]
         if missing or unexpected or bad_shape:
-            raise ValueError(
-                f"global model does not match the '{self.task.name}' network (missing {missing[:3]}, unexpected "
-                f"{unexpected[:3]}, wrong shape {bad_shape[:3]}): the job's server model and client task disagree"
+            raise JobError(
+                f"global model does not match the '{known(self.task.name, TASK_NAMES)}' network: the job's server "
+                "model and client task disagree",
+                fix="build the job's server model and client task from the same task (oncofl job export)",
+                detail=f"missing {missing[:3]}, unexpected {unexpected[:3]}, wrong shape {bad_shape[:3]}",
             )
         self.model.load_state_dict({k: torch.as_tensor(np.asarray(v)) for k, v in weights.items()})
 
@@ -280,7 +282,9 @@ class Trainer:
             torch.distributed.all_reduce(summed)
             mean = float(summed) / world
         if not math.isfinite(mean):
-            raise FloatingPointError(f"training loss became {mean}: lower the learning rate or check the data")
+            raise JobError(
+                "training loss is not finite", fix="lower the learning rate or check the data", detail=f"loss {mean}"
+            )
         return RoundStats(steps * world, mean)  # steps as one process would count them (batch world x B)
 
     def _epoch_batches(

@@ -36,6 +36,7 @@ class OncoFLError(Exception):
         self.site = site
         self.path = path
         self.item = item
+        self.kind = ""  # the type of the exception this error stands for, when it wraps one (see case_error)
         super().__init__(self.local_message())
 
     def with_context(self, *, site: str | None = None, item: str | None = None) -> OncoFLError:
@@ -58,11 +59,15 @@ class OncoFLError(Exception):
         """What may leave the site: fixed text, the datalist position and the error's type only."""
         where = f"[{self.site}] " if self.site else ""
         item = f"{self.item}: " if self.item else ""
-        return f"{where}{item}{self.problem} ({type(self).__name__}). Fix: {self.fix}"
+        return f"{where}{item}{self.problem} ({self.kind or type(self).__name__}). Fix: {self.fix}"
 
 
 class SiteConfigError(OncoFLError):
     """The site-local configuration is missing or has a bad field."""
+
+
+class JobError(OncoFLError):
+    """What the server sent does not fit this job at this site (model, algorithm, training that diverged)."""
 
 
 class SiteDataError(OncoFLError):
@@ -85,10 +90,12 @@ def case_error(error: BaseException, item: str, *, path: str = "") -> SiteDataEr
         problem, fix, detail, path = error.problem, error.fix, error.detail, error.path or path
     else:
         filename = getattr(error, "filename", None)
-        problem = f"case cannot be loaded ({type(error).__name__})"
-        fix, detail = "see this site's local log for the file and the reason", str(error)
+        problem = "case cannot be loaded"
+        fix, detail = "see this site's local log for the file and the reason", f"{type(error).__name__}: {error}"
         path = str(filename) if filename else path
-    return SiteDataError(problem, fix=fix, path=path, item=item, detail=detail)
+    wrapped = SiteDataError(problem, fix=fix, path=path, item=item, detail=detail)
+    wrapped.kind = type(error).__name__
+    return wrapped
 
 
 class SiteDataErrors(SiteDataError):
@@ -103,10 +110,9 @@ class SiteDataErrors(SiteDataError):
     def server_message(self) -> str:
         """Every bad case by position, problem and type (fixed texts), so the consortium sees them all."""
         where = f"[{self.site}] " if self.site else ""
-        head = f"{where}{len(self.errors)} case(s) could not be used; first: {self.errors[0].item}: "
-        cases = "; ".join(f"{e.item}: {e.problem} ({type(e).__name__}). Fix: {e.fix}" for e in self.errors[:20])
+        cases = "; ".join(e.server_message().removeprefix(where) for e in self.errors[:20])
         more = f"; and {len(self.errors) - 20} more" if len(self.errors) > 20 else ""
-        return head + cases + more
+        return f"{where}{len(self.errors)} case(s) could not be used; first: {cases}{more}"
 
     def local_message(self) -> str:
         errors = getattr(self, "errors", [])

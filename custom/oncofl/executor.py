@@ -36,7 +36,7 @@ from .data import load_split, read_datalist
 from .datacheck import check_site
 from .distributed import SiteGroup, site_devices
 from .engine import DeviceData, Trainer, device_memory_note, resolve_device
-from .errors import OncoFLError, SiteConfigError
+from .errors import JobError, OncoFLError, SiteConfigError
 from .preprocess import release_gpu_memory
 from .privacy import OutgoingGuard
 from .site_config import SiteConfig, find_site_config, load_site_config
@@ -251,9 +251,13 @@ class OncoFLExecutor(Executor):
             controls = controls_dxo.data if controls_dxo is not None else None
             dxo = parts.get(AppConstants.MODEL_WEIGHTS)
             if dxo is None:
-                raise ValueError("the server's task holds no model weights")
+                raise JobError("the server's task holds no model weights", fix="check the job's server workflow")
         if dxo.data_kind != DataKind.WEIGHTS:
-            raise ValueError(f"expected model weights from the server, got data kind {dxo.data_kind}")
+            raise JobError(
+                "expected model weights from the server",
+                fix="check the job's server workflow and filters",
+                detail=f"data kind {dxo.data_kind}",
+            )
         return dxo.data, controls
 
     def _own_local_state(self) -> dict[str, np.ndarray] | None:
@@ -269,7 +273,10 @@ class OncoFLExecutor(Executor):
         weights, controls = self._incoming(shareable)
         weights = trainer.shaped(weights)
         if self.algorithm == "scaffold" and controls is None:
-            raise ValueError("this job's executor runs SCAFFOLD but the server sent no control variates")
+            raise JobError(
+                "this job's executor runs SCAFFOLD but the server sent no control variates",
+                fix="run SCAFFOLD jobs with the SCAFFOLD server workflow",
+            )
         trainer.load_state(weights, local=self._own_local_state())
         key = self._spec.key_metric
         global_score = trainer.evaluate(val, batch_size=self.batch_size)  # (2) the global model on local data

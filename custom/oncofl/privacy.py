@@ -41,6 +41,8 @@ def _path_start(line: str) -> int:
     """
     for token in _TOKEN.finditer(line):
         text = token.group()
+        if text.strip("/\\") == "":  # a lone separator ("MPEG2 Main Profile / Main Level") starts no path
+            continue
         if "/" in text or "\\" in text or "^" in text or _ROOT in text or _PATH_START.match(text):
             return token.start()
     return -1

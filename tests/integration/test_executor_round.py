@@ -105,6 +105,7 @@ def test_wrong_model_is_refused_with_a_message(site):
     result = executor.execute("train", task, fl_context("site-1"), Signal())
     assert result.get_return_code() == ReturnCode.EXECUTION_EXCEPTION
     assert "does not match the 'prostate_seg' network" in result.get_header(ERROR_HEADER)
+    assert "fc.weight" not in result.get_header(ERROR_HEADER)  # the names stay in the local log
 
 
 def test_missing_data_root_is_an_error_reply_naming_site_and_fix_without_paths(tmp_path, monkeypatch):
@@ -184,3 +185,49 @@ def test_a_gpu_site_trains_through_nccl_ddp(tmp_path, monkeypatch):
     finally:
         executor.close()
     assert not torch.distributed.is_initialized()
+
+
+def _executor_for(config_path, monkeypatch, tmp_path):
+    monkeypatch.setenv(ENV_VAR, str(config_path))
+    executor = OncoFLExecutor(local_epochs=1, batch_size=2)
+    executor.bind_site("site-1", tmp_path / "workspace", tmp_path / "app")
+    (tmp_path / "app").mkdir(exist_ok=True)
+    return executor
+
+
+@pytest.mark.parametrize("policy", ["skip", "fail"])
+def test_hostile_site_replies_without_any_marker(tmp_path, monkeypatch, policy):
+    """Markers in every header, name and exception path; one case per failure kind. With ``skip`` the site trains
+    on its good cases; with ``fail`` its reply lists every bad case by position and type. No marker in the reply."""
+    from tests.phi_markers import FAILURES, MARKER, hostile_site
+
+    root = tmp_path / f"{MARKER} root, North"
+    config_path = make_site(root, n_cases=7, on_unreadable_case=policy)
+    items = hostile_site(root / "site-1")
+    result = _executor_for(config_path, monkeypatch, tmp_path).execute(
+        "train", global_model_task()[0], fl_context("site-1"), Signal()
+    )
+    numpy_decomposers.register()
+    serialized = fobs.dumps(result)  # what FLARE sends: every header and the DXO
+    assert MARKER.encode() not in serialized
+    if policy == "skip":
+        assert result.get_return_code(ReturnCode.OK) == ReturnCode.OK, result.get_header(ERROR_HEADER)
+    else:
+        message = result.get_header(ERROR_HEADER)
+        assert message.startswith(f"[site-1] {len(FAILURES)} case(s) could not be used; first: training case #")
+        assert all(f"{items[k]}, image:" in message for k in FAILURES)
+
+
+def test_an_unexpected_exception_is_named_by_its_type_only(tmp_path, monkeypatch):
+    """An OSError the code does not anticipate (a datalist entry whose name is too long for the file system) carries
+    the path in its message; the reply names the exception's type, the path stays in the local log."""
+    config_path = make_site(tmp_path)
+    datalist = tmp_path / "site-1" / "datalist.json"
+    cases = json.loads(datalist.read_text())
+    cases["training"][0]["image"] = "cases/DOE, ZQXPHI" + "x" * 300
+    datalist.write_text(json.dumps(cases))
+    result = _executor_for(config_path, monkeypatch, tmp_path).execute(
+        "train", global_model_task()[0], fl_context("site-1"), Signal()
+    )
+    message = result.get_header(ERROR_HEADER)
+    assert message == "[site-1] task 'train' failed with OSError. Fix: see this site's local log for the full traceback"

@@ -17,6 +17,8 @@ def test_redacts_known_site_strings_and_any_path():
 def test_keeps_ordinary_messages():
     msg = "[site-2] training case #3, image: slice spacing is not uniform (6.00 mm where the series has 3.00 mm)"
     assert OutgoingGuard().redact(msg) == msg
+    msg = "compressed pixel data ('MPEG2 Main Profile / Main Level') cannot be decoded (NotImplementedError)"
+    assert OutgoingGuard().redact(msg) == msg
 
 
 def test_metrics_must_be_named_finite_floats():
