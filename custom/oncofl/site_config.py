@@ -77,7 +77,7 @@ def find_site_config(site_name: str, workspace_root: str | os.PathLike | None = 
         looked.append(str(candidate))
     raise SiteConfigError(
         "no site configuration found",
-        fix=f"write {LOCAL_FILE_NAME} into the site's startup-kit local/ folder, or set {ENV_VAR} to the file "
+        fix=f"write {LOCAL_FILE_NAME} into the 'local' folder of the site's startup kit, or set {ENV_VAR} to the file "
         f"(or to a folder holding {site_name}.json); see README 'Site configuration'",
         site=site_name,
         detail="looked at: " + "; ".join(looked or ["nothing: no env var, no workspace"]),

@@ -174,7 +174,7 @@ def read_slices(
         if np.abs(other_orientation - orientation).max() > 1e-3:
             raise fail(
                 "slice orientation differs from the rest of the series (mixed stacks or a localizer)",
-                "re-export the single axial/sagittal/coronal stack",
+                "re-export the single axial, sagittal or coronal stack",
                 path,
             )
         pixels = decode(header, path)
@@ -220,13 +220,13 @@ def read_multiframe(path: str | os.PathLike, *, spacing_policy: str = "refuse") 
     if frames.ndim == 2:
         frames = frames[None]
     if frames.ndim != 3 or frames.shape[0] != n:
-        raise fail("frames are not single-channel images", "export grayscale CT/MR only", path)
+        raise fail("frames are not single-channel images", "export grayscale CT or MR only", path)
     orient = _functional(ds, 0, "PlaneOrientationSequence")
     measures = _functional(ds, 0, "PixelMeasuresSequence")
     if orient is None or measures is None or "PixelSpacing" not in measures:
         raise fail(
             "multi-frame file lacks plane orientation / pixel spacing functional groups: no 3D geometry",
-            "export an enhanced CT/MR object, or the series as single-frame slices",
+            "export an enhanced CT or MR object, or the series as single-frame slices",
             path,
         )
     positions, slices = [], []

@@ -52,7 +52,7 @@ def load_case(image_path: Path, label: Path | float, params: dict[str, Any]) -> 
     """MG DICOM -> presentation values, canonical side, breast crop, square pad, resize to image_size^2."""
     if isinstance(label, Path) or label not in (0, 1):
         raise SiteDataError(
-            "label must be 0 (benign/normal) or 1 (malignant)",
+            "label must be 0 (benign or normal) or 1 (malignant)",
             fix="correct the case's 'label' in the datalist",
             path=str(image_path),
         )

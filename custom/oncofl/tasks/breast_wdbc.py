@@ -108,7 +108,7 @@ def load_case(image_path: Path, label: Path | float, params: dict[str, Any]) -> 
     if values.shape != (N_FEATURES,) or not np.all(np.isfinite(values)) or np.any(values < 0):
         raise SiteDataError(
             f"expected {N_FEATURES} finite non-negative features",
-            fix="export the 30 WDBC features (radius ... fractal dimension, mean/SE/worst) for this case",
+            fix="export the 30 WDBC features (radius ... fractal dimension; mean, SE and worst) for this case",
             path=str(image_path),
             detail=f"found {values.size} values",
         )
