@@ -3,7 +3,7 @@ import pytest
 import torch
 
 from oncofl.engine import DeviceData, Trainer, amp_dtype, resolve_device
-from oncofl.errors import SiteConfigError
+from oncofl.errors import JobError, SiteConfigError
 from oncofl.tasks import get_task
 
 TASK = get_task("prostate_seg")
@@ -60,8 +60,10 @@ def test_state_round_trip_and_mismatch():
     trainer = Trainer(TASK, torch.device("cpu"), learning_rate=1e-3, seed=0)
     state = trainer.state()
     trainer.load_state(state)
-    with pytest.raises(ValueError, match="does not match"):
+    with pytest.raises(JobError, match="does not match") as info:
         trainer.load_state({k: v for k, v in list(state.items())[1:]})
+    first = next(iter(state))  # the tensor names stay in the local detail, out of the server's message
+    assert first in info.value.detail and first not in info.value.server_message()
 
 
 @pytest.mark.gpu

@@ -142,3 +142,25 @@ def test_several_bad_cases_are_all_listed_for_the_server_by_position():
 def test_known_passes_only_vocabulary_values():
     assert known("JPEG 2000", {"JPEG 2000"}) == "JPEG 2000"
     assert known("1.2.3.MARKER", {"JPEG 2000"}, "unrecognized") == "unrecognized"
+
+
+def test_a_transfer_syntax_uid_holding_text_is_never_quoted(tmp_path):
+    """pydicom names an unknown UID by its own text: a crafted UID would reach the problem text unless mapped."""
+    import warnings
+
+    import pydicom
+    from pydicom.data import get_testdata_file
+
+    from oncofl.dicom.reader import read_dicom
+
+    ds = pydicom.dcmread(get_testdata_file("CT_small.dcm", download=False))
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        ds.file_meta.TransferSyntaxUID = pydicom.uid.UID("1.2.840.ZQXPHI.JANE.DOE")
+        ds.save_as(tmp_path / "x.dcm")
+        try:
+            read_dicom(tmp_path / "x.dcm")
+        except Exception as e:  # noqa: BLE001 - whatever the reader raises is reported through case_error
+            err = case_error(e, "training case #0, image")
+    assert "ZQXPHI" not in err.server_message() and "ZQXPHI" in err.local_message()  # the UID stays at the site
+    assert "transfer syntax that is not recognized (DicomReadError)" in err.server_message()

@@ -63,6 +63,13 @@ def decode(ds: pydicom.Dataset, path: Path | str) -> np.ndarray:
     except Exception as e:
         name = str(getattr(syntax, "name", syntax))  # a UID pydicom does not know is named by its own text
         message = str(e).lower()
+        if syntax is not None and not syntax.is_transfer_syntax:
+            raise fail(
+                "file names a transfer syntax that is not recognized",
+                "re-export the file from PACS with a standard transfer syntax",
+                path,
+                detail=f"transfer syntax {syntax}: {e}",
+            ) from e
         if syntax is not None and syntax.is_compressed:
             package = next((p for k, p in DECODER_PACKAGES.items() if name.startswith(k)), None)
             if any(k in message for k in ("missing", "no pixel data handler", "dependenc", "plugin")):
