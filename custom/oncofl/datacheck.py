@@ -105,7 +105,7 @@ class SiteReport:
             "intensity_p1_p50_p99": [round(statistics.median(v), 2) for v in zip(*self.intensity)]
             if self.intensity
             else [],
-            "unreadable": dict(Counter(f"{p.problem} ({type(p).__name__})" for p in self.problems)),
+            "unreadable": dict(Counter(f"{p.problem} ({p.kind or type(p).__name__})" for p in self.problems)),
         }
 
     def local_text(self) -> str:

@@ -59,6 +59,8 @@ def test_aggregates_hold_only_fixed_vocabularies_and_numbers(tmp_path):
         good = summary["cases"]["training"] + summary["cases"]["validation"] - bad
         assert summary["modalities"] == {"other": good} and summary["manufacturers"] == {"other": good}
         assert bad == (len(FAILURES) if decode else 1)  # headers only: just the file that cannot be opened fails
+        if decode:  # by our own problem text and the exception's type
+            assert summary["unreadable"]["DICOM attributes hold invalid values (ValueError) (DicomReadError)"] == 1
         assert MARKER in report.local_text()  # the site's own view keeps what it read
     out = subprocess.run(
         [sys.executable, "-m", "oncofl.cli", "check-site", "--config", str(config_file), "--json"],
