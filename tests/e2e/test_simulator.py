@@ -1,6 +1,7 @@
 """The real FLARE simulator running the committed job folder on 3 synthetic hospitals (slow: minutes on 2 CPUs)."""
 
 import json
+import re
 import shutil
 
 import pydicom
@@ -33,6 +34,15 @@ def identifiers(data_root):
     return found
 
 
+def unguarded_results(site_log):
+    """Task ids a site ran (FLARE's own log lines) without a record of ``PHIGuardFilter`` passing their result."""
+    text = site_log.read_text()
+    ran = set(re.findall(r"ClientRunner - INFO - \[[^\]]*task_id=([0-9a-f-]+)", text))
+    guarded = set(re.findall(r"PHIGuardFilter - INFO - \[[^\]]*task_id=([0-9a-f-]+)[^\n]*PHI guard passed", text))
+    assert ran, f"no task found in {site_log}"
+    return ran - guarded
+
+
 def server_side_text(job_dir):
     """What the server holds: its logs, the cross-site results and the TensorBoard events streamed to it."""
     files = [job_dir.parent / "log.txt", job_dir.parent / "log.json", job_dir / "cross_site_val/cross_val_results.json"]
@@ -59,6 +69,8 @@ def test_three_sites_learn_and_produce_global_best_and_cross_site_results(synthe
         assert all(0.0 <= v["val_dice"] <= 1.0 for v in cross[site].values())
     for site in SITES:
         assert any((result.tb_events / site).iterdir()), f"no TensorBoard events from {site} on the server"
+        # the PHI gate ran on every result the site sent (train, validate, submit_model), by its own record
+        assert not unguarded_results(tmp_path / "ws" / site / "log.txt"), site
 
     holdout = synthetic_data / "holdout"
     initial = holdout_metric(None, holdout)

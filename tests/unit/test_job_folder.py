@@ -141,6 +141,32 @@ def test_each_algorithm_option_wires_its_components(tmp_path, options, workflow,
     if "dp_epsilon" in options:
         assert args["dp"]["epsilon_budget"] == 2.0 and args["dp"]["planned_rounds"] == 7
         assert server["workflows"][0]["args"]["epsilon_budget"] == 2.0
+    # the PHI gate is filed under every task the executor answers, by name (FLARE has no task wildcard)
+    gated = {
+        t
+        for chain in client["task_result_filters"]
+        if any(f["path"] == "oncofl.privacy.PHIGuardFilter" for f in chain["filters"])
+        for t in chain["tasks"]
+    }
+    assert gated == set(client["executors"][0]["tasks"]) == {"train", "validate", "submit_model"}
+
+
+def test_a_filter_chain_that_would_never_run_is_refused(tmp_path):
+    """FLARE 2.9 looks a job's filters up by the exact task name: a "*" chain, or a task without the PHI gate, means
+    results leave a site unfiltered. Export refuses both."""
+    from oncofl.jobs.builder import _check_client_filters
+
+    config = json.loads((JOB / "app/config/config_fed_client.json").read_text())
+    _check_client_filters(JOB / "app/config/config_fed_client.json")  # the committed job passes
+    bad = tmp_path / "config_fed_client.json"
+    wildcard = {**config, "task_result_filters": [{**config["task_result_filters"][0], "tasks": ["*"]}]}
+    bad.write_text(json.dumps(wildcard))
+    with pytest.raises(RuntimeError, match="no task wildcard"):
+        _check_client_filters(bad)
+    partial = {**config, "task_result_filters": [{**config["task_result_filters"][0], "tasks": ["train"]}]}
+    bad.write_text(json.dumps(partial))
+    with pytest.raises(RuntimeError, match=r"\['submit_model', 'validate'\].*without PHIGuardFilter"):
+        _check_client_filters(bad)
 
 
 def test_unknown_algorithm_and_options_are_refused(tmp_path):

@@ -67,6 +67,9 @@ from oncofl.server import ParticipationMonitor, PrivacyBudgetScatterAndGather, S
 from oncofl.tasks import DEFAULT_INIT_SEED, get_task
 
 PACKAGE = Path(__file__).resolve().parents[1]  # the installed oncofl package
+# every task a site's executor answers. FLARE 2.9 files a job's filters under each task name as written and looks
+# them up by the exact name ("*" is not a wildcard there), so filters that must see every result name these
+CLIENT_TASKS = ("train", "validate", "submit_model")
 TASK_REQUEST_INTERVAL = 0.5  # seconds; see export()
 # provisioned sites run HE jobs under this privacy.json scope: their guard cannot measure the norm of an update that
 # started from an encrypted global model (see oncofl.privacy.SiteUpdateGuard); the other checks stay
@@ -216,27 +219,44 @@ def build_fedavg_job(
         dp=dp,
         send_weight_diff=bool(opts["privacy_filter"]),  # FLARE's privacy filters work on weight differences
     )
-    job.to_clients(executor, id="executor", tasks=["train", "validate", "submit_model"])
+    job.to_clients(executor, id="executor", tasks=list(CLIENT_TASKS))
+    data_filters: dict[str, list] = {t: [] for t in CLIENT_TASKS}  # per task, in the order FLARE runs them
+    result_filters: dict[str, list] = {t: [] for t in CLIENT_TASKS}
     if fault:  # a drill: one site's updates broken or poisoned on purpose
         drill = UpdateFaultFilter(**fault)
-        job.to_clients(drill, filter_type=FilterType.TASK_DATA, tasks=["train"])
-        job.to_clients(drill, filter_type=FilterType.TASK_RESULT, tasks=["train"])
+        data_filters["train"].append(drill)
+        result_filters["train"].append(drill)
     if opts["privacy_filter"]:
-        job.to_clients(PRIVACY_FILTERS[opts["privacy_filter"]](), filter_type=FilterType.TASK_RESULT, tasks=["train"])
-    job.to_clients(PHIGuardFilter(), filter_type=FilterType.TASK_RESULT, tasks=["*"])  # everything leaving a site
+        result_filters["train"].append(PRIVACY_FILTERS[opts["privacy_filter"]]())
+    phi_guard = PHIGuardFilter()  # everything leaving a site, last of the job's filters before HE encryption
+    for task in CLIENT_TASKS:
+        result_filters[task].append(phi_guard)
     if he:  # last out, first in: sites encrypt every model they send and decrypt every model they receive
         from nvflare.app_opt.he.model_decryptor import HEModelDecryptor
         from nvflare.app_opt.he.model_encryptor import HEModelEncryptor
 
-        job.to_clients(HEModelDecryptor(), filter_type=FilterType.TASK_DATA, tasks=["train", "validate"])
-        job.to_clients(HEModelEncryptor(weigh_by_local_iter=True), filter_type=FilterType.TASK_RESULT, tasks=["train"])
-        job.to_clients(
-            HEModelEncryptor(weigh_by_local_iter=False), filter_type=FilterType.TASK_RESULT, tasks=["submit_model"]
-        )
+        decryptor = HEModelDecryptor()
+        data_filters["train"].append(decryptor)
+        data_filters["validate"].append(decryptor)
+        result_filters["train"].append(HEModelEncryptor(weigh_by_local_iter=True))
+        result_filters["submit_model"].append(HEModelEncryptor(weigh_by_local_iter=False))
+    _add_filter_chains(job, FilterType.TASK_DATA, data_filters)
+    _add_filter_chains(job, FilterType.TASK_RESULT, result_filters)
     job.to_clients(
         ConvertToFedEvent(events_to_convert=["analytix_log_stats"], fed_event_prefix="fed."), id="event_to_fed"
     )
     return job
+
+
+def _add_filter_chains(job: FedJob, filter_type: FilterType, chains: dict[str, list]) -> None:
+    """One chain per group of tasks with the same filters (FedJob refuses task sets that overlap)."""
+    groups: dict[tuple[int, ...], list[str]] = {}
+    for task, filters in chains.items():
+        if filters:
+            groups.setdefault(tuple(id(f) for f in filters), []).append(task)
+    for tasks in groups.values():
+        for f in chains[tasks[0]]:
+            job.to_clients(f, filter_type=filter_type, tasks=tasks)
 
 
 def _shareable_generator(algorithm: str, opts: dict[str, Any]) -> Any:
@@ -308,6 +328,7 @@ def export(job: FedJob, out_dir: str | Path, *, ship_code: bool = False) -> Path
     # every round and every cross-site task; scripts/fl_overhead.py measures it)
     config["server"] = {"task_request_interval": TASK_REQUEST_INTERVAL}
     server_config.write_text(json.dumps(config, indent=4) + "\n")
+    _check_client_filters(job_dir / "app" / "config" / "config_fed_client.json")
     custom = job_dir / "app" / "custom"
     if custom.exists():  # FedJob copies nothing of an app package; anything else here would be code shipped by accident
         raise RuntimeError(f"job export put code into {custom}: {sorted(p.name for p in custom.rglob('*.py'))}")
@@ -315,6 +336,25 @@ def export(job: FedJob, out_dir: str | Path, *, ship_code: bool = False) -> Path
         task = json.loads((job_dir / "app" / "config" / "config_fed_client.json").read_text())["executors"][0]
         shutil.copytree(PACKAGE, custom / "oncofl", ignore=_package_files(task["executor"]["args"]["task"]))
     return job_dir
+
+
+def _check_client_filters(config_file: Path) -> None:
+    """Refuse to write a job whose sites would send any result past the PHI gate: FLARE matches filter chains by
+    exact task name, so a chain for ``*`` (or a task left out) silently never runs."""
+    config = json.loads(config_file.read_text())
+    for chain in config.get("task_result_filters", []) + config.get("task_data_filters", []):
+        chain["tasks"] = sorted(chain.get("tasks", []))  # FedJob keeps them in a set: one order in every export
+    config_file.write_text(json.dumps(config, indent=4) + "\n")
+    guarded: set[str] = set()
+    for chain in config.get("task_result_filters", []) + config.get("task_data_filters", []):
+        if any("*" in t for t in chain.get("tasks", [])):
+            raise RuntimeError(f"a filter chain names tasks {chain['tasks']}: FLARE 2.9 has no task wildcard")
+    for chain in config.get("task_result_filters", []):
+        if any(f.get("path") == f"{PHIGuardFilter.__module__}.PHIGuardFilter" for f in chain.get("filters", [])):
+            guarded |= set(chain.get("tasks", []))
+    missing = sorted(set(CLIENT_TASKS) - guarded)
+    if missing:
+        raise RuntimeError(f"task result(s) {missing} would leave the sites without PHIGuardFilter")
 
 
 def _package_files(task: str) -> Callable[[str, list[str]], set[str]]:
