@@ -223,3 +223,12 @@ def test_init_seed_option_seeds_the_server_model_and_the_sites_network_alike(tmp
     network = client["executors"][0]["executor"]["args"]["network"]
     assert model["args"]["init_seed"] == network["init_seed"] == 3
     assert {k: v for k, v in network.items() if k != "init_seed"}  # the small network's own settings are kept
+
+
+def test_fedbn_is_refused_where_it_would_be_fedavg(tmp_path):
+    """prostate_seg's UNet (InstanceNorm, no affine parameters) keeps no normalization state: FedBN = FedAvg."""
+    from oncofl.jobs import breast_wdbc, prostate_mri_seg
+
+    with pytest.raises(ValueError, match="FedAvg under another name"):
+        prostate_mri_seg.export(tmp_path, algorithm="fedbn")
+    assert breast_wdbc.export(tmp_path, algorithm="fedbn").is_dir()  # BatchNorm: state to keep

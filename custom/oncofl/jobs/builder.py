@@ -58,7 +58,7 @@ from nvflare.job_config.api import FedJob
 from nvflare.job_config.defs import FilterType
 
 from oncofl.aggregation import RobustAggregator
-from oncofl.algorithms import ALGORITHMS
+from oncofl.algorithms import ALGORITHMS, fedbn_refusal
 from oncofl.executor import OncoFLExecutor
 from oncofl.faults import UpdateFaultFilter
 from oncofl.privacy import PHIGuardFilter
@@ -153,6 +153,10 @@ def build_fedavg_job(
     if opts["init_seed"] != DEFAULT_INIT_SEED:
         network = {**(network or {}), "init_seed": int(opts["init_seed"])}
     spec = get_task(task)
+    if algorithm == "fedbn":
+        refusal = fedbn_refusal(spec.build_network(**(network or {})), spec.local_state)
+        if refusal:
+            raise ValueError(f"task '{task}': {refusal}")
     job = FedJob(name=name, min_clients=min_clients)
     job.set_app_packages(["oncofl"])  # installed at every site and the server: never copied module by module
     # the oncofl this job is built for: a site or server with other code installed refuses the job at its start
