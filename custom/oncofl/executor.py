@@ -110,6 +110,7 @@ class OncoFLExecutor(Executor):
         self._local_weights: dict[str, np.ndarray] | None = None
         self._guard = OutgoingGuard()
         self._tb = None
+        self.streamed: dict[int, list[str]] = {}  # per round: the names of the scalars streamed to the server
         self._group: SiteGroup | None = None
         self._local_keys: set[str] = set()  # FedBN: state kept at this site
 
@@ -322,10 +323,13 @@ class OncoFLExecutor(Executor):
             )
             extra["dp_epsilon"] = ledger.epsilon()
             self.log_info(fl_ctx, f"round {current_round}: DP epsilon spent {ledger.epsilon():.3f}")
+        # under DP the training split enters only through DP-SGD: its loss (a mean over the same sampled batches) stays
+        # in this site's local log and TensorBoard, outside what is streamed to the server
         self._report(
             fl_ctx,
             {f"{key}_global": global_score, f"{key}_local": local_score, "train_loss": stats.mean_loss, **extra},
             step=current_round,
+            local_only=("train_loss",) if trainer.privacy is not None else (),
         )
         shared = {k: v for k, v in self._local_weights.items() if k not in self._local_keys}
         diff = {k: (v - np.asarray(weights[k])).astype(np.float32) for k, v in shared.items()}
@@ -366,8 +370,10 @@ class OncoFLExecutor(Executor):
         if self._app_dir is not None and self._trainer is not None:
             torch.save({"model": self._trainer.model.state_dict(), "task": self.task}, self._app_dir / "local_model.pt")
 
-    def _report(self, fl_ctx: FLContext, values: dict[str, float], step: int) -> None:
+    def _report(self, fl_ctx: FLContext, values: dict[str, float], step: int, local_only: tuple = ()) -> None:
+        """Scalars to the site's local TensorBoard; all but ``local_only`` also streamed to the server's."""
         values = self._guard.metrics(values)
+        self.streamed[step] = sorted(k for k in values if k not in local_only)
         if self._tb is None and self._app_dir is not None:
             from torch.utils.tensorboard import SummaryWriter
 
@@ -375,6 +381,8 @@ class OncoFLExecutor(Executor):
         for tag, value in values.items():
             if self._tb is not None:
                 self._tb.add_scalar(tag, value, step)
+            if tag in local_only:
+                continue
             if fl_ctx.get_engine() is not None:  # no engine: a local dry run outside FLARE, nothing to stream to
                 dxo = create_analytic_dxo(tag=tag, value=value, data_type=AnalyticsDataType.SCALAR, global_step=step)
                 send_analytic_dxo(self, dxo=dxo, fl_ctx=fl_ctx, event_type=ANALYTIC_EVENT_TYPE)
