@@ -39,6 +39,7 @@ from .errors import OncoFLError, SiteConfigError
 from .preprocess import release_gpu_memory
 from .privacy import OutgoingGuard
 from .site_config import SiteConfig, find_site_config, load_site_config
+from .site_gpus import job_gpu_ids
 from .tasks import get_task
 
 ERROR_HEADER = "oncofl_error"
@@ -146,7 +147,10 @@ class OncoFLExecutor(Executor):
             return
         config = load_site_config(find_site_config(self._site, self._workspace_root), site_name=self._site)
         self._guard.add(*config.sensitive_strings())
-        device = resolve_device(config.gpu_ids, site=self._site)
+        gpu_ids = job_gpu_ids(config.gpu_ids, site=self._site)  # FLARE's allocation, when the job asked for GPUs
+        if gpu_ids != config.gpu_ids:
+            self.log_info(fl_ctx, f"GPUs allocated to this job by the site's resource manager: {len(gpu_ids)}")
+        device = resolve_device(gpu_ids, site=self._site)
         check = check_site(config, decode=False)  # headers only: counts, vendors, spacing, unreadable files
         self.log_info(fl_ctx, f"site data check: {check.summary()}")
         cases = read_datalist(config)
@@ -163,7 +167,7 @@ class OncoFLExecutor(Executor):
         self._train = DeviceData.from_numpy(train.images, train.labels, device)
         self._val = DeviceData.from_numpy(val.images, val.labels, device)
         self._config = config
-        devices = site_devices(config.gpu_ids, config.cpu_processes)
+        devices = site_devices(gpu_ids, config.cpu_processes)
         if devices and (self.algorithm == "scaffold" or self._dp is not None):
             raise SiteConfigError(
                 f"this job uses {'DP-SGD' if self._dp else 'SCAFFOLD'}, which trains on one device per site, but the "

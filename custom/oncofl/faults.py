@@ -9,6 +9,7 @@ It is never part of a production job: jobs/*.py add it only when asked (``--faul
 
 from __future__ import annotations
 
+import time
 from typing import Any
 
 import numpy as np
@@ -25,7 +26,8 @@ _RECEIVED: dict[str, tuple[int, dict[str, np.ndarray]]] = {}
 
 class UpdateFaultFilter(Filter):
     """At ``sites``: rounds in ``nan_rounds`` send NaN in the first tensor; rounds in ``scale_rounds`` send the
-    update (result - global) multiplied by ``factor``."""
+    update (result - global) multiplied by ``factor``; every train result is held back ``delay_s`` seconds (a
+    straggler: a site whose GPU is that much slower)."""
 
     def __init__(
         self,
@@ -33,12 +35,14 @@ class UpdateFaultFilter(Filter):
         nan_rounds: list[int] | None = None,
         scale_rounds: list[int] | None = None,
         factor: float = 100.0,
+        delay_s: float = 0.0,
     ) -> None:
         super().__init__()
         self.sites = list(sites)  # attributes named as the arguments: FLARE's job export reads them back
         self.nan_rounds = list(nan_rounds or [])
         self.scale_rounds = list(scale_rounds or [])
         self.factor = float(factor)
+        self.delay_s = float(delay_s)
 
     def process(self, shareable: Shareable, fl_ctx: FLContext) -> Shareable:
         if fl_ctx.get_identity_name() not in self.sites:
@@ -57,6 +61,9 @@ class UpdateFaultFilter(Filter):
             _RECEIVED[task_id] = (current_round, {k: np.array(v, copy=True) for k, v in dxo.data.items()})
             return shareable
         current_round, received = _RECEIVED.pop(task_id, (-1, {}))
+        if self.delay_s > 0:
+            self.log_warning(fl_ctx, f"FAULT DRILL: round {current_round}: holding the result back {self.delay_s:g} s")
+            time.sleep(self.delay_s)
         data: dict[str, Any] = dict(dxo.data)
         if current_round in self.nan_rounds:
             first = sorted(data)[0]

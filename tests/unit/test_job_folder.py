@@ -232,3 +232,28 @@ def test_fedbn_is_refused_where_it_would_be_fedavg(tmp_path):
     with pytest.raises(ValueError, match="FedAvg under another name"):
         prostate_mri_seg.export(tmp_path, algorithm="fedbn")
     assert breast_wdbc.export(tmp_path, algorithm="fedbn").is_dir()  # BatchNorm: state to keep
+
+
+def test_gpus_per_site_reserves_gpus_through_the_sites_resource_managers(tmp_path):
+    from oncofl.jobs import prostate_mri_seg
+
+    meta = json.loads((prostate_mri_seg.export(tmp_path / "gpu", gpus_per_site=1) / "meta.json").read_text())
+    assert meta["resource_spec"] == {"@default": {"num_of_gpus": 1, "mem_per_gpu_in_GiB": 8}}
+    # the committed jobs reserve nothing: they also run on CPU-only rehearsal sites
+    assert not json.loads((JOB / "meta.json").read_text()).get("resource_spec")
+
+
+def test_rounds_wait_for_every_live_site_unless_a_deadline_is_set(tmp_path):
+    from oncofl.jobs import breast_wdbc
+    from oncofl.jobs.builder import WAIT_FOR_EVERY_SITE
+
+    def workflow_args(**options):
+        job = breast_wdbc.export(tmp_path / str(len(options)), **options)
+        return json.loads((job / "app/config/config_fed_server.json").read_text())["workflows"][0]["args"]
+
+    default = workflow_args()
+    assert default["wait_time_after_min_received"] == WAIT_FOR_EVERY_SITE and not default.get("train_timeout")
+    deadline = workflow_args(round_deadline=300)
+    assert deadline["wait_time_after_min_received"] == 300 and deadline["train_timeout"] == 300
+    with pytest.raises(ValueError, match="round_deadline"):
+        workflow_args(round_deadline=-1)

@@ -95,7 +95,17 @@ ALGORITHM_OPTIONS: dict[str, Any] = {
     "lr_schedule": "constant",  # the sites' learning rate over the rounds: "constant" or "cosine" (to ~0 at the end)
     "optimizer_state": "keep",  # the sites' Adam state: "keep" (carried across rounds) or "reset" (fresh each round)
     "init_seed": DEFAULT_INIT_SEED,  # the initial weights: every run of a job starts from the same model
+    # seconds after a round starts at which it closes without the sites that have not answered (recorded as timed
+    # out in participation.json); 0: a round waits for every site that is alive, however slow
+    "round_deadline": 0,
+    # GPUs each site's resource manager reserves for the job (FLARE resource_spec "@default"; 0: none, the job runs
+    # on whatever the site config names). Sites offer their configured gpu_ids (oncofl.site_gpus)
+    "gpus_per_site": 0,
+    "gpu_mem_gib": 8,
 }
+# a round without a deadline waits for every live site this long at most after min_clients answered (FLARE ends the
+# wait earlier when the only sites left are disconnected)
+WAIT_FOR_EVERY_SITE = 7 * 24 * 3600
 SERVER_OPTIMIZERS = ("adam", "sgd")
 PRIVACY_FILTERS = {
     "percentile": lambda: PercentilePrivacy(percentile=90, gamma=0.01),
@@ -152,6 +162,8 @@ def build_fedavg_job(
         raise ValueError(f"unknown privacy filter {opts['privacy_filter']!r}; available: {sorted(PRIVACY_FILTERS)}")
     if opts["init_seed"] != DEFAULT_INIT_SEED:
         network = {**(network or {}), "init_seed": int(opts["init_seed"])}
+    if opts["gpus_per_site"] < 0 or opts["gpu_mem_gib"] < 0:
+        raise ValueError("gpus_per_site and gpu_mem_gib must be 0 or more")
     spec = get_task(task)
     if algorithm == "fedbn":
         refusal = fedbn_refusal(spec.build_network(**(network or {})), spec.local_state)
@@ -164,6 +176,9 @@ def build_fedavg_job(
     job.to_clients(ProvenanceCheck(**installed()), id="oncofl_provenance")
 
     job.to_server(spec.build_network(**(network or {})), id="model")
+    if opts["gpus_per_site"]:  # export() writes it into meta.json
+        gpus = {"num_of_gpus": opts["gpus_per_site"], "mem_per_gpu_in_GiB": opts["gpu_mem_gib"]}
+        job.resource_spec = {"@default": gpus}
     if he:
         _add_he_server(job)
         job.privacy_scope = HE_SCOPE  # export() names it in meta.json
@@ -177,14 +192,19 @@ def build_fedavg_job(
     job.to_server(TBAnalyticsReceiver(events=["fed.analytix_log_stats"]), id="tb_receiver")
     job.to_server(SiteErrorReporter(), id="site_error_reporter")
     job.to_server(ParticipationMonitor(), id="participation_monitor")
+    deadline = int(opts["round_deadline"])
+    if deadline < 0:
+        raise ValueError(f"round_deadline must be 0 (wait for every live site) or seconds > 0, got {deadline}")
     workflow_args = dict(
         min_clients=min_clients,
         num_rounds=num_rounds,
-        wait_time_after_min_received=5,
+        # every live site contributes to every round by default: a slow hospital is waited for; with a deadline
+        # the round closes at it, whoever has answered by then
+        wait_time_after_min_received=deadline or WAIT_FOR_EVERY_SITE,
         aggregator_id="aggregator",
         persistor_id="persistor",
         shareable_generator_id="shareable_generator",
-        train_timeout=train_timeout,
+        train_timeout=deadline or train_timeout,
     )
     if algorithm == "scaffold":
         workflow = ScatterAndGatherScaffold(**workflow_args)
@@ -192,7 +212,8 @@ def build_fedavg_job(
         workflow = PrivacyBudgetScatterAndGather(**workflow_args, epsilon_budget=dp["epsilon_budget"])
     else:
         workflow = ScatterAndGather(**workflow_args)
-    workflow._always_serialize_args = ("min_clients", "num_rounds", "start_round")  # FedJob skips defaults
+    # FedJob skips arguments equal to their defaults
+    workflow._always_serialize_args = ("min_clients", "num_rounds", "start_round", "wait_time_after_min_received")
     if dp is not None:
         workflow._always_serialize_args += ("epsilon_budget",)
     job.to_server(workflow, id="scatter_and_gather")
@@ -322,10 +343,11 @@ def export(job: FedJob, out_dir: str | Path, *, ship_code: bool = False) -> Path
     if job_dir.exists():
         shutil.rmtree(job_dir)
     job.export_job(str(out_dir))
-    scope = getattr(job, "privacy_scope", None)
-    if scope:  # the sites' privacy.json scope this job runs under (the default scope otherwise)
+    extra = {"scope": getattr(job, "privacy_scope", None), "resource_spec": getattr(job, "resource_spec", None)}
+    extra = {k: v for k, v in extra.items() if v}  # the sites' privacy.json scope (else the default), GPUs to reserve
+    if extra:
         meta_file = job_dir / "meta.json"
-        meta_file.write_text(json.dumps({**json.loads(meta_file.read_text()), "scope": scope}, indent=4) + "\n")
+        meta_file.write_text(json.dumps({**json.loads(meta_file.read_text()), **extra}, indent=4) + "\n")
     server_config = job_dir / "app" / "config" / "config_fed_server.json"
     config = json.loads(server_config.read_text())
     # how long a client waits after handing in a result before asking for its next task (FLARE's default: 2 s, paid

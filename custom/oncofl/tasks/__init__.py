@@ -30,6 +30,16 @@ def seeded_init(seed: int | None) -> Iterator[None]:
         yield
 
 
+def norm_layer(norm: str, num_groups: int = 8) -> str | tuple:
+    """MONAI's ``norm`` argument for a task network: ``"group"`` (GroupNorm, no running statistics: the default of
+    every task network that would otherwise use BatchNorm) or ``"batch"``."""
+    if norm == "group":
+        return ("group", {"num_groups": int(num_groups)})
+    if norm == "batch":
+        return "batch"
+    raise ValueError(f"unknown normalization {norm!r}; use 'group' or 'batch'")
+
+
 TASK_NAMES = tuple(sorted(m.name for m in pkgutil.iter_modules(__path__) if not m.name.startswith("_")))
 
 
