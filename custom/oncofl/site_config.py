@@ -15,8 +15,13 @@ Example::
       "cache_dir": "/scratch/oncofl_cache",
       "gpu_ids": [0],
       "num_workers": 4,
-      "on_unreadable_case": "fail"
+      "on_unreadable_case": "fail",
+      "max_decoded_image_mb": 1024,
+      "allow_paths_outside_data_root": false
     }
+
+``max_decoded_image_mb`` caps the pixel data one image (a file or a whole series) may declare before it is decoded;
+``allow_paths_outside_data_root`` lets datalist paths (absolute, ``..``, symlinks) resolve outside ``data_root``.
 
 The file is parsed as JSON and validated field by field; it is never executed.
 """
@@ -34,6 +39,7 @@ from .errors import SiteConfigError
 ENV_VAR = "ONCOFL_SITE_CONFIG"
 LOCAL_FILE_NAME = "oncofl_site.json"
 UNREADABLE_POLICIES = ("fail", "skip")
+DEFAULT_MAX_DECODED_IMAGE_MB = 1024
 
 
 @dataclass(frozen=True)
@@ -48,6 +54,8 @@ class SiteConfig:
     num_workers: int = 2
     on_unreadable_case: str = "fail"
     cpu_processes: int = 1  # CPU-only sites: train with this many DDP (gloo) ranks; GPU sites use every gpu_ids entry
+    max_decoded_image_mb: int = DEFAULT_MAX_DECODED_IMAGE_MB  # declared pixel size one image may have before decoding
+    allow_paths_outside_data_root: bool = False  # datalist paths must resolve inside data_root unless this is set
     source: Path | None = None
 
     def sensitive_strings(self) -> list[str]:
@@ -101,6 +109,15 @@ def load_site_config(path: str | os.PathLike, site_name: str = "") -> SiteConfig
             path=str(path),
         ) from e
     return parse_site_config(raw, site_name=site_name, source=path)
+
+
+def _int_field(raw: dict, key: str, default: int, low: int, high: int, problems: list[str]) -> int:
+    """An integer field in [low, high], or the default with a problem recorded."""
+    value = raw.get(key, default)
+    if not isinstance(value, int) or isinstance(value, bool) or not low <= value <= high:
+        problems.append(f"'{key}' must be an integer from {low} to {high}")
+        return default
+    return value
 
 
 def parse_site_config(raw: object, *, site_name: str = "", source: Path | None = None) -> SiteConfig:
@@ -161,14 +178,13 @@ def parse_site_config(raw: object, *, site_name: str = "", source: Path | None =
     ):
         problems.append("'gpu_ids' must be a list of GPU indices such as [0] or [0, 1] ([] = first GPU if any)")
         gpu_ids = []
-    num_workers = raw.get("num_workers", 2)
-    if not isinstance(num_workers, int) or isinstance(num_workers, bool) or not 0 <= num_workers <= 64:
-        problems.append("'num_workers' must be an integer from 0 to 64")
-        num_workers = 2
-    cpu_processes = raw.get("cpu_processes", 1)
-    if not isinstance(cpu_processes, int) or isinstance(cpu_processes, bool) or not 1 <= cpu_processes <= 64:
-        problems.append("'cpu_processes' must be an integer from 1 to 64")
-        cpu_processes = 1
+    num_workers = _int_field(raw, "num_workers", 2, 0, 64, problems)
+    cpu_processes = _int_field(raw, "cpu_processes", 1, 1, 64, problems)
+    max_mb = _int_field(raw, "max_decoded_image_mb", DEFAULT_MAX_DECODED_IMAGE_MB, 1, 1 << 20, problems)
+    outside = raw.get("allow_paths_outside_data_root", False)
+    if not isinstance(outside, bool):
+        problems.append("'allow_paths_outside_data_root' must be true or false")
+        outside = False
     policy = raw.get("on_unreadable_case", "fail")
     if policy not in UNREADABLE_POLICIES:
         problems.append(f"'on_unreadable_case' must be one of {UNREADABLE_POLICIES}, got {policy!r}")
@@ -192,5 +208,7 @@ def parse_site_config(raw: object, *, site_name: str = "", source: Path | None =
         num_workers=num_workers,
         on_unreadable_case=policy,
         cpu_processes=cpu_processes,
+        max_decoded_image_mb=max_mb,
+        allow_paths_outside_data_root=outside,
         source=source,
     )
