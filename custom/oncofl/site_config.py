@@ -120,6 +120,64 @@ def _int_field(raw: dict, key: str, default: int, low: int, high: int, problems:
     return value
 
 
+def _site_paths(
+    raw: dict, base: Path, problems: list[str], details: list[str]
+) -> tuple[Path | None, Path | None, Path | None]:
+    """(data_root, datalist, cache_dir), absolute; problems (no paths) and local-only details are appended."""
+
+    def as_path(key: str, default: Path | None) -> Path | None:
+        value = raw.get(key)
+        if value is None:
+            return default
+        if not isinstance(value, str) or not value.strip():
+            problems.append(f"'{key}' must be a non-empty string path")
+            return default
+        p = Path(value).expanduser()
+        return (p if p.is_absolute() else base / p).resolve()
+
+    data_root = as_path("data_root", None)
+    if data_root is not None and "data_root" in raw and not data_root.is_dir():
+        problems.append("'data_root' folder does not exist")
+        details.append(f"data_root={data_root}")
+    datalist = as_path("datalist", None)
+    if "datalist" not in raw and data_root is not None:
+        datalist = data_root / "datalist.json"
+    elif isinstance(raw.get("datalist"), str) and data_root is not None and not Path(raw["datalist"]).is_absolute():
+        datalist = (data_root / raw["datalist"]).resolve()  # a relative datalist lives in the data root
+    if datalist is not None and data_root is not None and data_root.is_dir() and not datalist.is_file():
+        problems.append("datalist file does not exist")
+        details.append(f"datalist={datalist}")
+    return data_root, datalist, as_path("cache_dir", base / "oncofl_cache")
+
+
+def _options(raw: dict, problems: list[str]) -> dict:
+    """The non-path settings, validated (a bad one is replaced by its default and a problem appended)."""
+    gpu_ids = raw.get("gpu_ids", [])
+    if not isinstance(gpu_ids, list) or not all(
+        isinstance(g, int) and not isinstance(g, bool) and g >= 0 for g in gpu_ids
+    ):
+        problems.append("'gpu_ids' must be a list of GPU indices such as [0] or [0, 1] ([] = first GPU if any)")
+        gpu_ids = []
+    outside = raw.get("allow_paths_outside_data_root", False)
+    if not isinstance(outside, bool):
+        problems.append("'allow_paths_outside_data_root' must be true or false")
+        outside = False
+    policy = raw.get("on_unreadable_case", "fail")
+    if policy not in UNREADABLE_POLICIES:
+        problems.append(f"'on_unreadable_case' must be one of {UNREADABLE_POLICIES}, got {policy!r}")
+        policy = "fail"
+    return {
+        "gpu_ids": tuple(gpu_ids),
+        "num_workers": _int_field(raw, "num_workers", 2, 0, 64, problems),
+        "cpu_processes": _int_field(raw, "cpu_processes", 1, 1, 64, problems),
+        "max_decoded_image_mb": _int_field(
+            raw, "max_decoded_image_mb", DEFAULT_MAX_DECODED_IMAGE_MB, 1, 1 << 20, problems
+        ),
+        "allow_paths_outside_data_root": outside,
+        "on_unreadable_case": policy,
+    }
+
+
 def parse_site_config(raw: object, *, site_name: str = "", source: Path | None = None) -> SiteConfig:
     """Validate a parsed config mapping. Relative paths are resolved against the config file's folder."""
     where = str(source) if source else ""
@@ -136,18 +194,6 @@ def parse_site_config(raw: object, *, site_name: str = "", source: Path | None =
         if key not in raw:
             problems.append(f"missing required field '{key}'")
 
-    base = source.parent if source else Path.cwd()
-
-    def as_path(key: str, default: Path | None) -> Path | None:
-        value = raw.get(key)
-        if value is None:
-            return default
-        if not isinstance(value, str) or not value.strip():
-            problems.append(f"'{key}' must be a non-empty string path")
-            return default
-        p = Path(value).expanduser()
-        return (p if p.is_absolute() else base / p).resolve()
-
     declared_site = raw.get("site_name", "")
     if not isinstance(declared_site, str):
         problems.append("'site_name' must be a string")
@@ -157,39 +203,8 @@ def parse_site_config(raw: object, *, site_name: str = "", source: Path | None =
             f"'site_name' is '{declared_site}' but this client runs as '{site_name}' (a config copied from another "
             "site?)"
         )
-
-    data_root = as_path("data_root", None)
-    if data_root is not None and "data_root" in raw and not data_root.is_dir():
-        problems.append("'data_root' folder does not exist")
-        details.append(f"data_root={data_root}")
-    datalist = as_path("datalist", None)
-    if "datalist" not in raw and data_root is not None:
-        datalist = data_root / "datalist.json"
-    elif isinstance(raw.get("datalist"), str) and data_root is not None and not Path(raw["datalist"]).is_absolute():
-        datalist = (data_root / raw["datalist"]).resolve()  # a relative datalist lives in the data root
-    if datalist is not None and data_root is not None and data_root.is_dir() and not datalist.is_file():
-        problems.append("datalist file does not exist")
-        details.append(f"datalist={datalist}")
-    cache_dir = as_path("cache_dir", base / "oncofl_cache")
-
-    gpu_ids = raw.get("gpu_ids", [])
-    if not isinstance(gpu_ids, list) or not all(
-        isinstance(g, int) and not isinstance(g, bool) and g >= 0 for g in gpu_ids
-    ):
-        problems.append("'gpu_ids' must be a list of GPU indices such as [0] or [0, 1] ([] = first GPU if any)")
-        gpu_ids = []
-    num_workers = _int_field(raw, "num_workers", 2, 0, 64, problems)
-    cpu_processes = _int_field(raw, "cpu_processes", 1, 1, 64, problems)
-    max_mb = _int_field(raw, "max_decoded_image_mb", DEFAULT_MAX_DECODED_IMAGE_MB, 1, 1 << 20, problems)
-    outside = raw.get("allow_paths_outside_data_root", False)
-    if not isinstance(outside, bool):
-        problems.append("'allow_paths_outside_data_root' must be true or false")
-        outside = False
-    policy = raw.get("on_unreadable_case", "fail")
-    if policy not in UNREADABLE_POLICIES:
-        problems.append(f"'on_unreadable_case' must be one of {UNREADABLE_POLICIES}, got {policy!r}")
-        policy = "fail"
-
+    data_root, datalist, cache_dir = _site_paths(raw, source.parent if source else Path.cwd(), problems, details)
+    options = _options(raw, problems)
     if problems:
         raise SiteConfigError(
             "invalid site configuration: " + "; ".join(problems),
@@ -204,11 +219,6 @@ def parse_site_config(raw: object, *, site_name: str = "", source: Path | None =
         datalist=datalist,
         cache_dir=cache_dir,
         site_name=declared_site or site_name,
-        gpu_ids=tuple(gpu_ids),
-        num_workers=num_workers,
-        on_unreadable_case=policy,
-        cpu_processes=cpu_processes,
-        max_decoded_image_mb=max_mb,
-        allow_paths_outside_data_root=outside,
         source=source,
+        **options,
     )

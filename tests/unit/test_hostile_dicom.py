@@ -241,3 +241,28 @@ def test_site_data_check_reports_the_unpacked_mosaic_from_headers(tmp_path):
     modality, _, spacing, shape = inspect_dicom(mosaic_file(tmp_path))
     assert modality == "MR" and shape == (128, 128, 48)
     np.testing.assert_allclose(spacing, (1.796875, 1.796875, 3.0), atol=1e-4)
+
+
+def test_a_file_larger_than_the_limit_is_not_read_into_memory(tmp_path, monkeypatch):
+    from oncofl.dicom import pixels
+
+    path = get_testdata_file("MR_small.dcm", download=False)  # 64 x 64 x 16 bit = 8 KiB of pixels, ~10 KB file
+    monkeypatch.setattr(pixels, "FILE_SIZE_MARGIN", 0)
+    with pixels.decode_limit(4096):
+        with pytest.raises(DicomReadError, match="file is larger than this site's image size limit"):
+            read_dicom(path)
+    assert read_dicom(path).array.shape == (64, 64, 1)  # the default limit reads it
+
+
+def test_non_finite_detector_spacing_is_uncalibrated_not_nan(tmp_path):
+    from oncofl.dicom.reader import inspect_dicom
+
+    ds = pydicom.dcmread(get_testdata_file("MR_small.dcm", download=False))
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        ds.Modality = "DX"
+        ds.ImagerPixelSpacing = ["NaN", "0.2"]
+        ds.save_as(tmp_path / "dx.dcm")
+    image = read_dicom(tmp_path / "dx.dcm")
+    assert image.spacing == (1.0, 1.0)
+    assert inspect_dicom(tmp_path / "dx.dcm")[2] == (1.0, 1.0)

@@ -19,6 +19,7 @@ from ..errors import DicomReadError
 # may declare a 40000 x 40000 image, and decoders allocate the declared size before they read a byte. Sites set it
 # with ``max_decoded_image_mb`` in their site config (see :func:`decode_limit`).
 DEFAULT_DECODE_LIMIT_BYTES = 1024 * 2**20
+FILE_SIZE_MARGIN = 16 * 2**20  # headers, overlays, private data beside the pixels
 _DECODE_LIMIT: contextvars.ContextVar[int] = contextvars.ContextVar(
     "oncofl_decode_limit", default=DEFAULT_DECODE_LIMIT_BYTES
 )
@@ -85,9 +86,18 @@ def check_declared_size(headers: list[tuple[Path, pydicom.Dataset]], where: Path
 
 
 def read_header(path: Path, *, pixels: bool = False) -> pydicom.Dataset:
-    """Parse a file's header (and pixel data element if ``pixels``); refuse non-DICOM and damaged files."""
+    """Parse a file's header (and pixel data element if ``pixels``); refuse non-DICOM and damaged files, and (with
+    ``pixels``) a file larger than the site's image size limit, before its bytes are read into memory."""
     try:
+        if pixels and Path(path).stat().st_size > decode_limit_bytes() + FILE_SIZE_MARGIN:
+            raise fail(
+                "file is larger than this site's image size limit (max_decoded_image_mb)",
+                "if the image is genuine, raise 'max_decoded_image_mb' in the site config; otherwise re-export it",
+                path,
+            )
         return pydicom.dcmread(path, stop_before_pixels=not pixels)
+    except DicomReadError:
+        raise
     except InvalidDicomError:
         raise fail(
             "file is not DICOM (no DICM preamble)",

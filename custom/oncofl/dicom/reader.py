@@ -19,7 +19,7 @@ from monai.data import ImageReader
 from monai.utils import MetaKeys, SpaceKeys
 
 from ..errors import DicomReadError
-from .mammo import PROJECTION_MODALITIES, ProjectionImage, read_projection
+from .mammo import PROJECTION_MODALITIES, ProjectionImage, projection_spacing, read_projection
 from .pixels import check_declared_size, fail, read_header
 from .series import SeriesVolume, list_series_files, read_multiframe, read_series, read_slices, stack_facts
 
@@ -56,8 +56,8 @@ def inspect_dicom(path: str | os.PathLike) -> tuple[str, str, tuple[float, ...],
         first = read_header(files[0])
         if len(files) == 1 and str(first.get("Modality", "")) in PROJECTION_MODALITIES:
             check_declared_size([(path, first)], path)
-            ps = first.get("ImagerPixelSpacing") or first.get("PixelSpacing") or (0.0, 0.0)
-            spacing: tuple[float, ...] = (float(ps[1]), float(ps[0]))
+            rows_mm, cols_mm = projection_spacing(first)
+            spacing: tuple[float, ...] = (cols_mm, rows_mm)
             shape: tuple[int, ...] = (int(first.get("Columns", 0)), int(first.get("Rows", 0)))
         else:
             first, spacing, shape = stack_facts(files)
