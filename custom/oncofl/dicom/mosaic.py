@@ -14,7 +14,7 @@ from typing import Any
 import numpy as np
 import pydicom
 
-from .pixels import check_declared_size, decode, fail
+from .pixels import check_declared_size, decode, fail, image_types
 
 with warnings.catch_warnings():  # nibabel warns on import that its DICOM readers are experimental
     warnings.simplefilter("ignore")
@@ -25,8 +25,7 @@ MOSAIC_FIX = "export the series without MOSAIC packing (or as enhanced MR), or r
 
 def is_mosaic(ds: pydicom.Dataset) -> bool:
     """Whether ImageType marks the image as a Siemens MOSAIC."""
-    value = ds.get("ImageType") or []
-    return "MOSAIC" in {str(v).strip().upper() for v in ([value] if isinstance(value, str) else value)}
+    return "MOSAIC" in image_types(ds)
 
 
 def _wrapper(ds: pydicom.Dataset, path: Path | str) -> Any:

@@ -113,6 +113,12 @@ def read_header(path: Path, *, pixels: bool = False) -> pydicom.Dataset:
         ) from e
 
 
+def image_types(ds: pydicom.Dataset) -> set[str]:
+    """The ImageType values, upper case (one value may come as a plain string)."""
+    value = ds.get("ImageType") or []
+    return {str(v).strip().upper() for v in ([value] if isinstance(value, str) else value)}
+
+
 def require_image(ds: pydicom.Dataset, path: Path | str) -> None:
     """Refuse a file read with its pixel data element that has none (a report, plan or structure set)."""
     if "PixelData" not in ds and "FloatPixelData" not in ds and "DoubleFloatPixelData" not in ds:

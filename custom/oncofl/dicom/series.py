@@ -19,7 +19,7 @@ from pydicom.pixels import apply_modality_lut
 
 from ..errors import DicomReadError
 from .mosaic import is_mosaic, mosaic_geometry, unpack_mosaic
-from .pixels import check_declared_size, decode, fail, read_header, require_image
+from .pixels import check_declared_size, decode, fail, image_types, read_header, require_image
 
 # Relative tolerance on slice spacing: beyond it the series has a gap or a non-uniform spacing.
 SPACING_TOLERANCE = 0.05
@@ -68,12 +68,6 @@ def list_series_files(folder: str | os.PathLike) -> list[Path]:
 NON_ACQUISITION_TYPES = frozenset({"PROJECTION IMAGE", "LOCALIZER", "MIP", "MINIP", "MIN IP", "MAX IP", "MNIP"})
 ORIENTATION_TOLERANCE = 1e-2  # unit length and perpendicularity of the two direction cosines
 GEOMETRY_FIX = "the file's geometry is damaged or crafted: re-export the series from PACS"
-
-
-def image_types(ds: pydicom.Dataset) -> set[str]:
-    """The ImageType values, upper case (one value may come as a plain string)."""
-    value = ds.get("ImageType") or []
-    return {str(v).strip().upper() for v in ([value] if isinstance(value, str) else value)}
 
 
 def check_acquisition(ds: pydicom.Dataset, path: Path | str) -> None:
