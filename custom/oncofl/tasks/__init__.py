@@ -69,6 +69,8 @@ class TaskSpec:
     extra_metrics: Callable[[torch.Tensor, torch.Tensor], dict[str, float]] | None = None
     # state-dict keys (regular expressions) that FedBN keeps at the site besides normalization layers
     local_state: tuple[str, ...] = ()
+    # what a datalist 'label' must be: "class" (a number) or "mask" (a file); other labels are refused per case
+    label_kind: str = "class"
 
     def params(self, overrides: dict[str, Any] | None) -> dict[str, Any]:
         """Job hyper-parameters for preprocessing, validated against the task's defaults."""
