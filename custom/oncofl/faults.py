@@ -12,7 +12,7 @@ from __future__ import annotations
 from typing import Any
 
 import numpy as np
-from nvflare.apis.dxo import DataKind, from_shareable
+from nvflare.apis.dxo import DataKind, MetaKey, from_shareable
 from nvflare.apis.filter import Filter
 from nvflare.apis.fl_constant import FilterKey, FLContextKey
 from nvflare.apis.fl_context import FLContext
@@ -25,7 +25,8 @@ _RECEIVED: dict[str, tuple[int, dict[str, np.ndarray]]] = {}
 
 class UpdateFaultFilter(Filter):
     """At ``sites``: rounds in ``nan_rounds`` send NaN in the first tensor; rounds in ``scale_rounds`` send the
-    update (result - global) multiplied by ``factor``."""
+    update (result - global) multiplied by ``factor``; rounds in ``steps_rounds`` claim ``steps`` local steps (a huge
+    number, or a string) instead of the true count."""
 
     def __init__(
         self,
@@ -33,12 +34,16 @@ class UpdateFaultFilter(Filter):
         nan_rounds: list[int] | None = None,
         scale_rounds: list[int] | None = None,
         factor: float = 100.0,
+        steps_rounds: list[int] | None = None,
+        steps: Any = 1e30,
     ) -> None:
         super().__init__()
         self.sites = list(sites)  # attributes named as the arguments: FLARE's job export reads them back
         self.nan_rounds = list(nan_rounds or [])
         self.scale_rounds = list(scale_rounds or [])
         self.factor = float(factor)
+        self.steps_rounds = list(steps_rounds or [])
+        self.steps = steps
 
     def process(self, shareable: Shareable, fl_ctx: FLContext) -> Shareable:
         if fl_ctx.get_identity_name() not in self.sites:
@@ -68,6 +73,9 @@ class UpdateFaultFilter(Filter):
                 if v.dtype.kind == "f":
                     data[k] = (received[k] + self.factor * (v - received[k])).astype(v.dtype)
             self.log_warning(fl_ctx, f"FAULT DRILL: round {current_round}: sending the update x{self.factor:g}")
+        elif current_round in self.steps_rounds:
+            dxo.set_meta_prop(MetaKey.NUM_STEPS_CURRENT_ROUND, self.steps)
+            self.log_warning(fl_ctx, f"FAULT DRILL: round {current_round}: claiming {self.steps!r} local steps")
         else:
             return shareable
         dxo.data = data
