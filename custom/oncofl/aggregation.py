@@ -129,12 +129,12 @@ def combine(updates: list[np.ndarray], weights: list[float], method: str, trim_f
 
 def tensor_problem(name: str, value: Any, reference: Any) -> str | None:
     """Why one sent tensor cannot be part of an update (None: it can)."""
-    if not isinstance(value, np.ndarray) or value.dtype.kind not in "fiu":
+    if not isinstance(value, (np.ndarray, np.number)) or value.dtype.kind not in "fiu":  # numpy arrays or scalars
         kind = f"an array of {value.dtype}" if isinstance(value, np.ndarray) else f"a {type(value).__name__}"
         return f"tensor {name} is {kind}, not a numeric array"
     shape = np.shape(reference)
-    if value.shape != shape:
-        return f"tensor {name} has shape {value.shape}, the global model {shape}"
+    if np.shape(value) != shape:
+        return f"tensor {name} has shape {np.shape(value)}, the global model {shape}"
     return None
 
 
@@ -271,7 +271,7 @@ class RobustAggregator(Aggregator):
             problem = tensor_problem(k, data[k], global_weights[k])
             if problem:
                 return problem
-            value = data[k].astype(np.float64)
+            value = np.asarray(data[k], dtype=np.float64)
             if not np.all(np.isfinite(value)):
                 return f"non-finite values (NaN/inf) in tensor {k}"
             if value.size and float(np.max(np.abs(value))) > FLOAT32_MAX:

@@ -26,7 +26,7 @@ _RECEIVED: dict[str, tuple[int, dict[str, np.ndarray]]] = {}
 class UpdateFaultFilter(Filter):
     """At ``sites``: rounds in ``nan_rounds`` send NaN in the first tensor; rounds in ``scale_rounds`` send the
     update (result - global) multiplied by ``factor``; rounds in ``steps_rounds`` claim ``steps`` local steps (a huge
-    number, or a string) instead of the true count."""
+    number, or a string; a list: one claim per round of ``steps_rounds``) instead of the true count."""
 
     def __init__(
         self,
@@ -74,8 +74,11 @@ class UpdateFaultFilter(Filter):
                     data[k] = (received[k] + self.factor * (v - received[k])).astype(v.dtype)
             self.log_warning(fl_ctx, f"FAULT DRILL: round {current_round}: sending the update x{self.factor:g}")
         elif current_round in self.steps_rounds:
-            dxo.set_meta_prop(MetaKey.NUM_STEPS_CURRENT_ROUND, self.steps)
-            self.log_warning(fl_ctx, f"FAULT DRILL: round {current_round}: claiming {self.steps!r} local steps")
+            claim = self.steps
+            if isinstance(claim, list):
+                claim = claim[self.steps_rounds.index(current_round)]
+            dxo.set_meta_prop(MetaKey.NUM_STEPS_CURRENT_ROUND, claim)
+            self.log_warning(fl_ctx, f"FAULT DRILL: round {current_round}: claiming {claim!r} local steps")
         else:
             return shareable
         dxo.data = data

@@ -271,3 +271,14 @@ def test_the_outlier_rule_says_when_it_cannot_apply():
     agg = RobustAggregator()
     _aggregate(agg, [_result("a", _weights(0.1)), _result("b", _weights(10.0))])
     assert "needs 3 or more updates" in agg.history[0].notes[0]
+
+
+def test_a_numpy_scalar_for_a_0d_tensor_is_an_update_like_a_0d_array():
+    global_weights = {"w": np.zeros((2, 3), np.float32), "flag": np.array(0.0, np.float32)}
+    agg = RobustAggregator()
+    ctx = _ctx_with(global_weights)
+    assert agg.accept(_result("a", {"w": np.ones((2, 3), np.float32), "flag": np.float32(1.0)}), ctx)
+    assert agg.accept(_result("b", {"w": np.ones((2, 3), np.float32), "flag": np.array(3.0, np.float32)}), ctx)
+    dxo = from_shareable(agg.aggregate(ctx))
+    assert float(dxo.data["flag"]) == 2.0
+    assert "not a numeric array" in agg.contribution("c", {"flag": 1.0}, DataKind.WEIGHTS, 1, global_weights)
