@@ -100,9 +100,7 @@ class ParticipationMonitor(FLComponent):
             record = self._current
             record["contributed"] = sorted(set(record["contributed"]))
             excluded = record.setdefault("excluded", {})
-            record["missing"] = [
-                s for s in record["expected"] if s not in record["contributed"] and s not in excluded
-            ]
+            record["missing"] = [s for s in record["expected"] if s not in record["contributed"] and s not in excluded]
             self.rounds.append(record)
             self._current = None
             n_done, n_all = len(record["contributed"]), len(record["expected"])

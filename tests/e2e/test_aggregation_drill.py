@@ -50,4 +50,7 @@ def test_a_site_lying_about_its_steps_or_scaling_its_update_cannot_stall_or_brea
     assert "weight capped: site-3" in server_log
     assert "best-model selection leaves out the scores of site-3" in server_log  # the selector acted in round 2
     assert "1 of 3 sites" not in server_log and "update from site-3 not used by the aggregator" in server_log
+    for site in SITES:  # the job's 0.5 s task interval reached every site (FLARE's default is 2 s)
+        log = (Path(result["server_log"]).parent.parent / site / "log.txt").read_text()
+        assert "the server asks for the next task after 0.5 s" in log, site
     assert result["held_out"] >= 0.9  # WDBC after 3 rounds: measured about 0.97
