@@ -29,6 +29,7 @@ from nvflare.apis.shareable import Shareable, make_reply
 from nvflare.apis.signal import Signal
 from nvflare.apis.utils.analytix_utils import create_analytic_dxo, send_analytic_dxo
 from nvflare.app_common.app_constant import AlgorithmConstants, AppConstants
+from nvflare.private.defs import TaskConstant  # WAIT_TIME: the header FLARE puts the task interval in
 
 from .algorithms import ALGORITHMS, DPSettings, local_state_keys, scheduled_lr
 from .data import load_split, read_datalist
@@ -218,6 +219,7 @@ class OncoFLExecutor(Executor):
                 self.log_info(fl_ctx, f"task '{task_name}' aborted before it started")
                 return make_reply(ReturnCode.TASK_ABORTED)
             if task_name == self.train_task_name:
+                self._log_task_interval(shareable, fl_ctx)
                 return self._do_train(shareable, fl_ctx, abort_signal)
             if task_name == self.validate_task_name:
                 return self._do_validate(shareable, fl_ctx)
@@ -309,7 +311,8 @@ class OncoFLExecutor(Executor):
             fl_ctx,
             f"round {current_round}: global {key}={global_score:.4f} -> local {key}={local_score:.4f}, "
             f"loss={stats.mean_loss:.4f}, {stats.steps} steps in {seconds:.1f} s"
-            + (f"; {note}" if (note := device_memory_note(trainer.device)) else ""),
+            + (f"; {note}" if (note := device_memory_note(trainer.device)) else "")
+            + self._algorithm_note(trainer, weights),
         )
         extra = {f"{k}_local": v for k, v in local_metrics.items() if k != key}
         meta = {
@@ -346,6 +349,29 @@ class OncoFLExecutor(Executor):
             AlgorithmConstants.SCAFFOLD_CTRL_DIFF: DXO(DataKind.WEIGHT_DIFF, trainer.scaffold_delta, meta=dict(meta)),
         }
         return DXO(data_kind=DataKind.COLLECTION, data=parts, meta=meta).to_shareable()
+
+    def _log_task_interval(self, shareable: Shareable, fl_ctx: FLContext) -> None:
+        """Once per job: how long the server has this site wait before asking for its next task (the job's
+        ``task_request_interval``, which FLARE sends with every task)."""
+        wait = shareable.get_header(TaskConstant.WAIT_TIME)
+        if wait is not None and not getattr(self, "_interval_logged", False):
+            self._interval_logged = True
+            self.log_info(fl_ctx, f"the server asks for the next task after {wait} s (task_request_interval)")
+
+    def _algorithm_note(self, trainer: Trainer, weights: dict[str, np.ndarray]) -> str:
+        """What the site's algorithm did this round, for the local log: FedProx's proximal term at the round's end
+        (mu/2 ||w - w_global||^2), SCAFFOLD's control update norm."""
+        if self.algorithm == "fedprox" and self._local_weights is not None:
+            drift = sum(
+                float(np.sum((v.astype(np.float64) - np.asarray(weights[k], np.float64)) ** 2))
+                for k, v in self._local_weights.items()
+                if v.dtype.kind == "f"
+            )
+            return f"; FedProx mu={self.fedprox_mu:g}, proximal term {self.fedprox_mu / 2 * drift:.4g}"
+        if self.algorithm == "scaffold" and trainer.scaffold_delta:
+            norm = float(np.sqrt(sum(float(np.sum(np.square(v))) for v in trainer.scaffold_delta.values())))
+            return f"; SCAFFOLD control update norm {norm:.4g}"
+        return ""
 
     def _do_validate(self, shareable: Shareable, fl_ctx: FLContext) -> Shareable:
         trainer, val = self._trainer, self._val

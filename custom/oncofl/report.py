@@ -143,7 +143,7 @@ def run_federated(
         models = {s: result.global_model for s in sites}
         holdout = scorer.holdout(result.global_model)
     extras = {}
-    for file in ("privacy.json", "aggregation.json"):
+    for file in ("privacy.json", "aggregation.json", "participation.json"):
         if (result.job_dir / file).is_file():
             extras[file] = json.loads((result.job_dir / file).read_text())
     return {

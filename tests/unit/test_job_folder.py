@@ -257,3 +257,28 @@ def test_rounds_wait_for_every_live_site_unless_a_deadline_is_set(tmp_path):
     assert deadline["wait_time_after_min_received"] == 300 and deadline["train_timeout"] == 300
     with pytest.raises(ValueError, match="round_deadline"):
         workflow_args(round_deadline=-1)
+
+
+@pytest.mark.parametrize(
+    "options, flag",
+    [
+        ({"he": True, "max_update_norm": 5.0}, "--max-update-norm"),
+        ({"he": True, "reject_norm_factor": 20.0}, "--reject-norm-factor"),
+        ({"algorithm": "scaffold", "aggregation": "median"}, "--aggregation"),
+        ({"algorithm": "scaffold", "max_update_norm": 5.0}, "--max-update-norm"),
+        ({"algorithm": "scaffold", "reject_norm_factor": 0.0}, "--reject-norm-factor"),
+        ({"algorithm": "scaffold", "trim_fraction": 0.1}, "--trim-fraction"),
+    ],
+)
+def test_robust_aggregation_options_a_server_would_ignore_are_refused_at_export(tmp_path, options, flag):
+    from oncofl.jobs import breast_wdbc
+
+    with pytest.raises(ValueError, match=f"{flag}.*would have no effect"):
+        breast_wdbc.export(tmp_path, **options)
+
+
+def test_jobs_select_the_best_model_over_the_aggregated_sites_only():
+    server = json.loads((JOB / "app/config/config_fed_server.json").read_text())
+    selector = {c["id"]: c for c in server["components"]}["model_selector"]
+    assert selector["path"] == "oncofl.server.AggregatedModelSelector"
+    assert selector["args"] == {"key_metric": "val_dice"}

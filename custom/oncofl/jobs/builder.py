@@ -2,8 +2,9 @@
 
 FL touchpoints: (1) the server scatters the global model and gathers updates (ScatterAndGather), combined by
 :class:`oncofl.aggregation.RobustAggregator` (FedAvg's step-weighted mean by default, or coordinate-wise median /
-trimmed mean, with non-finite and outlier updates refused and norms bounded), (2) it keeps the best global model by
-the sites' validation metric (IntimeModelSelector), (3) it then runs cross-site evaluation of the global and every
+trimmed mean, with non-finite and outlier updates refused and norms bounded; not with ``--he`` or SCAFFOLD, which
+refuse these options), (2) it keeps the best global model by the sites' validation metric, over the sites whose
+updates were aggregated (AggregatedModelSelector), (3) it then runs cross-site evaluation of the global and every
 local model (CrossSiteModelEval). Hyper-parameters live in the job definitions and travel with the job; data paths
 and GPUs stay in each site's own config.
 
@@ -45,7 +46,6 @@ from nvflare.app_common.shareablegenerators.full_model_shareable_generator impor
     FullModelShareableGenerator,
 )
 from nvflare.app_common.widgets.convert_to_fed_event import ConvertToFedEvent
-from nvflare.app_common.widgets.intime_model_selector import IntimeModelSelector
 from nvflare.app_common.widgets.validation_json_generator import ValidationJsonGenerator
 from nvflare.app_common.workflows.cross_site_model_eval import CrossSiteModelEval
 from nvflare.app_common.workflows.scatter_and_gather import ScatterAndGather
@@ -63,7 +63,12 @@ from oncofl.executor import OncoFLExecutor
 from oncofl.faults import UpdateFaultFilter
 from oncofl.privacy import PHIGuardFilter
 from oncofl.provenance import ProvenanceCheck, installed
-from oncofl.server import ParticipationMonitor, PrivacyBudgetScatterAndGather, SiteErrorReporter
+from oncofl.server import (
+    AggregatedModelSelector,
+    ParticipationMonitor,
+    PrivacyBudgetScatterAndGather,
+    SiteErrorReporter,
+)
 from oncofl.tasks import DEFAULT_INIT_SEED, get_task
 
 PACKAGE = Path(__file__).resolve().parents[1]  # the installed oncofl package
@@ -156,6 +161,7 @@ def build_fedavg_job(
             "homomorphic encryption: the server only adds ciphertexts, so use fedavg, fedprox or fedbn with mean "
             "aggregation and no privacy filter (the server-side norm checks cannot see encrypted values)"
         )
+    _refuse_unchecked_options(algorithm, he, opts)
     if opts["server_optimizer"] not in SERVER_OPTIMIZERS:
         raise ValueError(f"unknown server optimizer {opts['server_optimizer']!r}; available: {SERVER_OPTIMIZERS}")
     if opts["privacy_filter"] and opts["privacy_filter"] not in PRIVACY_FILTERS:
@@ -186,7 +192,7 @@ def build_fedavg_job(
         job.to_server(PTFileModelPersistor(model="model"), id="persistor")
         job.to_server(_shareable_generator(algorithm, opts), id="shareable_generator")
         job.to_server(_aggregator(algorithm, opts), id="aggregator")
-    job.to_server(IntimeModelSelector(key_metric=spec.key_metric), id="model_selector")
+    job.to_server(AggregatedModelSelector(key_metric=spec.key_metric), id="model_selector")
     job.to_server(PTFileModelLocator(pt_persistor_id="persistor"), id="model_locator")
     job.to_server(ValidationJsonGenerator(), id="json_generator")
     job.to_server(TBAnalyticsReceiver(events=["fed.analytix_log_stats"]), id="tb_receiver")
@@ -282,6 +288,26 @@ def _add_filter_chains(job: FedJob, filter_type: FilterType, chains: dict[str, l
     for tasks in groups.values():
         for f in chains[tasks[0]]:
             job.to_clients(f, filter_type=filter_type, tasks=tasks)
+
+
+# the RobustAggregator's options: with --he (ciphertexts) or scaffold (FLARE's own aggregator) they would do nothing
+ROBUST_OPTIONS = ("aggregation", "trim_fraction", "max_update_norm", "reject_norm_factor")
+
+
+def _refuse_unchecked_options(algorithm: str, he: bool, opts: dict[str, Any]) -> None:
+    """Refuse robust-aggregation options a job's server would silently ignore: with ``--he`` the server only adds
+    ciphertexts, and SCAFFOLD's model and control updates go through FLARE's weighted mean; neither refuses or
+    rejects any update (the sites' own guards still apply)."""
+    if not (he or algorithm == "scaffold"):
+        return
+    changed = [k for k in ROBUST_OPTIONS if opts[k] != ALGORITHM_OPTIONS[k]]
+    if changed:
+        flags = ", ".join("--" + k.replace("_", "-") for k in changed)
+        why = "homomorphic encryption (--he)" if he else "scaffold"
+        raise ValueError(
+            f"{flags}: a server running {why} does not check or robustly combine updates, so these options would "
+            "have no effect; leave them at their defaults, or choose fedavg, fedprox, fedopt or fedbn without --he"
+        )
 
 
 def _shareable_generator(algorithm: str, opts: dict[str, Any]) -> Any:
