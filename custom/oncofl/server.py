@@ -65,12 +65,15 @@ class ParticipationMonitor(FLComponent):
 
     At the end of every round the server log says, e.g.::
 
-        round 1: 2 of 3 sites contributed; no update from hospital-c (site dropped, timed out or failed)
+        round 1: 2 of 3 sites contributed; no update from hospital-c (timed out)
 
     and ``participation.json`` in the job's server workspace (downloaded with the job's results) lists every round's
     contributors and the sites that dropped, so a shortened round is never silently mistaken for a full one. A site
     counts as having contributed only when its update went into the global model: one the aggregator refused or
     rejected as an outlier is listed under ``excluded`` with the reason (``aggregation.json`` has the details).
+    ``left_out`` names every site of the round that did not contribute, with why: ``failed`` (it answered with an
+    error), ``dropped`` (FLARE declared it disconnected), ``timed out`` (alive, but no answer before the round closed:
+    only a job with ``round_deadline`` closes a round without it) or ``not aggregated`` (see ``excluded``).
     FLARE 2.9 does not hand a running job to a client that restarts: a dropped site stays out until the next job
     (``oncofl poc resume`` continues training from the last global model with every site).
     """
@@ -81,9 +84,20 @@ class ParticipationMonitor(FLComponent):
         super().__init__()
         self.rounds: list[dict] = []
         self._current: dict | None = None
+        self._failed: set[str] = set()  # sites that answered this round's train task with an error
+        self._disconnected: set[str] = set()
 
     def handle_event(self, event_type: str, fl_ctx: FLContext) -> None:
+        if event_type == EventType.CLIENT_DISCONNECTED:
+            self._disconnected.add(str(fl_ctx.get_prop(FLContextKey.DISCONNECTED_CLIENT_NAME, "")))
+        elif event_type == EventType.BEFORE_PROCESS_SUBMISSION and self._current is not None:
+            result = fl_ctx.get_prop(FLContextKey.TASK_RESULT)
+            peer = fl_ctx.get_peer_context()
+            if isinstance(result, Shareable) and peer and result.get_return_code(ReturnCode.OK) != ReturnCode.OK:
+                if result.get_header(ReservedHeaderKey.TASK_NAME) == AppConstants.TASK_TRAIN:
+                    self._failed.add(peer.get_identity_name())
         if event_type == AppEventType.ROUND_STARTED:
+            self._failed = set()
             expected = sorted(c.name for c in fl_ctx.get_engine().get_clients())
             self._current = {"round": fl_ctx.get_prop(AppConstants.CURRENT_ROUND), "expected": expected}
             self._current["contributed"] = []
@@ -101,6 +115,8 @@ class ParticipationMonitor(FLComponent):
             record["contributed"] = sorted(set(record["contributed"]))
             excluded = record.setdefault("excluded", {})
             record["missing"] = [s for s in record["expected"] if s not in record["contributed"] and s not in excluded]
+            record["left_out"] = {s: self._why_missing(s) for s in record["missing"]}
+            record["left_out"].update({s: "not aggregated" for s in excluded})
             self.rounds.append(record)
             self._current = None
             n_done, n_all = len(record["contributed"]), len(record["expected"])
@@ -109,7 +125,8 @@ class ParticipationMonitor(FLComponent):
                 message += f"; update from {', '.join(sorted(excluded))} not used by the aggregator"
             if record["missing"] or excluded:
                 if record["missing"]:
-                    message += f"; no update from {', '.join(record['missing'])} (site dropped, timed out or failed)"
+                    why = ", ".join(f"{s} ({record['left_out'][s]})" for s in record["missing"])
+                    message += f"; no update from {why}"
                 self.log_warning(fl_ctx, message)
             else:
                 self.log_info(fl_ctx, message)
@@ -120,6 +137,11 @@ class ParticipationMonitor(FLComponent):
             if dropped:
                 names = ", ".join(dropped)
                 self.log_warning(fl_ctx, f"job finished; some rounds lack updates from: {names} (see {self.FILE_NAME})")
+
+    def _why_missing(self, site: str) -> str:
+        if site in self._failed:
+            return "failed"
+        return "dropped" if site in self._disconnected else "timed out"
 
     def summary(self) -> dict:
         dropped = sorted({s for r in self.rounds for s in r["missing"]})

@@ -103,6 +103,9 @@ def test_site_with_unreadable_dicom_is_reported_and_others_finish(synthetic_data
     )
     assert result.returncode == 0, (tmp_path / "simulator.log").read_text()[-4000:]
     assert result.global_model.is_file()
+    rounds = json.loads((result.job_dir / "participation.json").read_text())["rounds"]
+    assert [r["contributed"] for r in rounds] == [["site-1", "site-2"]] * 2
+    assert [r["left_out"] for r in rounds] == [{"site-3": "failed"}] * 2  # the ledger says why
     cross = json.loads(result.cross_site.read_text())
     assert {"site-1", "site-2"} <= set(cross)
     assert all("SRV_FL_global_model.pt" in cross[s] for s in ("site-1", "site-2"))
@@ -307,6 +310,6 @@ def test_a_slow_site_contributes_to_every_round_unless_the_job_sets_a_deadline(t
     for record in deadline[0]["rounds"]:
         assert "site-3" not in record["contributed"] and record["left_out"]["site-3"] == "timed out", record
     assert deadline[0]["dropped"] == ["site-3"]
-    assert "left out site-3 (timed out)" in deadline[1].server_log.read_text()
+    assert "no update from site-3 (timed out)" in deadline[1].server_log.read_text()
     weights = torch.load(deadline[1].global_model, map_location="cpu", weights_only=True)["model"]
     assert all(torch.isfinite(v).all() for v in weights.values())
