@@ -55,6 +55,11 @@ def _set_raw(path: Path, tag: int, vr: str, value: bytes) -> None:
     ds.save_as(path)
 
 
+# as root, an unreadable file is a link to a write-only sysfs file outside data_root: the site config must allow it
+# (a path outside data_root is otherwise refused before it is read)
+SITE_FIELDS = {"allow_paths_outside_data_root": True} if os.geteuid() == 0 else {}
+
+
 def deny_reading(path: Path) -> None:
     """Make ``path`` unreadable: chmod for an ordinary user; for root, a link to a write-only sysfs file."""
     if os.geteuid() != 0:

@@ -62,6 +62,16 @@ def local_state_keys(model: torch.nn.Module, patterns: tuple[str, ...] = ()) -> 
     return keys
 
 
+def fedbn_refusal(model: torch.nn.Module, patterns: tuple[str, ...] = ()) -> str | None:
+    """Why FedBN would not differ from FedAvg for ``model`` (no state to keep at the sites), or None."""
+    if local_state_keys(model, patterns):
+        return None
+    return (
+        "fedbn keeps normalization state at each site, but this task's network has none (e.g. InstanceNorm without "
+        "affine parameters or running statistics), so FedBN would be FedAvg under another name: use fedavg"
+    )
+
+
 @dataclass(frozen=True)
 class DPSettings:
     """Sample-level DP-SGD. Give ``noise_multiplier``, or 0 to calibrate it so that ``planned_rounds`` rounds spend

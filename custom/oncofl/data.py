@@ -16,6 +16,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import math
 import os
 import threading
 from concurrent.futures import ThreadPoolExecutor
@@ -25,6 +26,7 @@ from typing import Any
 
 import numpy as np
 
+from .dicom.pixels import decode_limit
 from .errors import SiteDataError, SiteDataErrors, case_error
 from .site_config import SiteConfig
 from .tasks import TaskSpec
@@ -62,18 +64,19 @@ class SplitData:
         return len(self.images)
 
 
-def read_datalist(config: SiteConfig, splits: tuple[str, ...] = SPLITS) -> dict[str, list[CaseRef]]:
-    """Parse and check the datalist: structure, every referenced file exists, no split is empty."""
-    cases, missing = parse_datalist(config, splits)
+def read_datalist(
+    config: SiteConfig, splits: tuple[str, ...] = SPLITS, *, label_kind: str | None = None
+) -> dict[str, list[CaseRef]]:
+    """Parse and check the datalist: structure, labels, every referenced file exists inside data_root, no split is
+    empty (``label_kind``: "mask" or "class" when the task is known)."""
+    cases, missing = parse_datalist(config, splits, label_kind=label_kind)
     if missing:
         raise SiteDataErrors(missing, site=config.site_name)
     return cases
 
 
-def parse_datalist(
-    config: SiteConfig, splits: tuple[str, ...] = SPLITS
-) -> tuple[dict[str, list[CaseRef]], list[SiteDataError]]:
-    """The datalist's cases per split, and one error per referenced file that does not exist."""
+def _load_json(config: SiteConfig) -> dict:
+    """The datalist file as a JSON object."""
     site, path = config.site_name, str(config.datalist)
     try:
         raw = json.loads(config.datalist.read_text())
@@ -89,50 +92,99 @@ def parse_datalist(
         raise SiteDataError(
             "datalist must be a JSON object", fix="use keys 'training' and 'validation'", site=site, path=path
         )
+    return raw
+
+
+def parse_datalist(
+    config: SiteConfig, splits: tuple[str, ...] = SPLITS, *, label_kind: str | None = None
+) -> tuple[dict[str, list[CaseRef]], list[SiteDataError]]:
+    """The datalist's cases per split, and one error per unusable entry: a referenced file that does not exist or
+    resolves outside data_root, a label that is not a finite number or not the kind the task needs."""
+    raw = _load_json(config)
     result: dict[str, list[CaseRef]] = {}
-    missing: list[SiteDataError] = []
+    problems: list[SiteDataError] = []
     for split in splits:
         entries = raw.get(split)
         if not isinstance(entries, list) or not entries:
             raise SiteDataError(
                 f"datalist has no '{split}' cases",
                 fix=f'list at least one case under \'{split}\' (each {{"image": ..., "label": ...}})',
-                site=site,
-                path=path,
+                site=config.site_name,
+                path=str(config.datalist),
             )
-        refs = []
+        result[split] = []
         for i, entry in enumerate(entries):
-            label = entry.get("label") if isinstance(entry, dict) else None
-            if (
-                not isinstance(entry, dict)
-                or not isinstance(entry.get("image"), str)
-                or not isinstance(label, (str, int, float))
-                or isinstance(label, bool)
-            ):
-                raise SiteDataError(
-                    f"datalist {split} case #{i} must be an object with a string 'image' and a 'label' "
-                    "(a mask file, or a class number)",
-                    fix="correct that entry of the datalist",
-                    site=site,
-                    path=path,
-                )
-            label = config.data_root / label if isinstance(label, str) else float(label)
-            extra = {k: v for k, v in entry.items() if k not in ("image", "label")}
-            ref = CaseRef(split, i, config.data_root / entry["image"], label, extra)
-            for kind, p in (("image", ref.image), ("label", ref.label)):
-                if isinstance(p, Path) and not p.exists():
-                    missing.append(
-                        SiteDataError(
-                            f"{kind} does not exist",
-                            fix="fix the datalist entry or restore the file",
-                            site=site,
-                            path=str(p),
-                            item=ref.item,
-                        )
-                    )
-            refs.append(ref)
-        result[split] = refs
-    return result, missing
+            ref, errors = _case_ref(config, split, i, entry, label_kind)
+            result[split].append(ref)
+            problems += errors
+    return result, problems
+
+
+def _case_ref(
+    config: SiteConfig, split: str, index: int, entry: object, label_kind: str | None
+) -> tuple[CaseRef, list[SiteDataError]]:
+    """One datalist entry as a :class:`CaseRef`, and what is wrong with it (a malformed entry raises)."""
+    label = entry.get("label") if isinstance(entry, dict) else None
+    if (
+        not isinstance(entry, dict)
+        or not isinstance(entry.get("image"), str)
+        or not isinstance(label, (str, int, float))
+        or isinstance(label, bool)
+    ):
+        raise SiteDataError(
+            f"datalist {split} case #{index} must be an object with a string 'image' and a 'label' "
+            "(a mask file, or a class number)",
+            fix="correct that entry of the datalist",
+            site=config.site_name,
+            path=str(config.datalist),
+        )
+    label = config.data_root / label if isinstance(label, str) else float(label)
+    extra = {k: v for k, v in entry.items() if k not in ("image", "label")}
+    ref = CaseRef(split, index, config.data_root / entry["image"], label, extra)
+    bad_label = _label_problem(ref, label_kind)
+    errors = [bad_label.with_context(site=config.site_name)] if bad_label else []
+    for kind, p in (("image", ref.image), ("label", ref.label)):
+        if not isinstance(p, Path):
+            continue
+        if not p.exists():
+            problem, fix = f"{kind} does not exist", "fix the datalist entry or restore the file"
+        elif not config.allow_paths_outside_data_root and _outside(p, config.data_root):
+            problem = f"{kind} path resolves outside data_root (an absolute path, '..' or a symbolic link)"
+            fix = (
+                "move the data under data_root and list it relative to data_root, or set "
+                '"allow_paths_outside_data_root": true in the site config if this is intended'
+            )
+        else:
+            continue
+        errors.append(SiteDataError(problem, fix=fix, site=config.site_name, path=str(p), item=ref.item))
+    return ref, errors
+
+
+def _outside(path: Path, root: Path) -> bool:
+    """Whether ``path`` (or, for a folder, a file in it) resolves outside ``root`` once '..' and links are followed."""
+    root = root.resolve()
+    targets = [path, *(path.iterdir() if path.is_dir() else ())]
+    return any(not t.resolve().is_relative_to(root) for t in targets)
+
+
+LABEL_FIXES = {
+    "mask": "give the path of the case's mask file (NIfTI or DICOM-SEG), relative to data_root",
+    "class": "give the case's class as a number (e.g. 0 or 1)",
+}
+
+
+def _label_problem(ref: CaseRef, label_kind: str | None) -> SiteDataError | None:
+    """A label that is NaN/Infinity, or a number where the task needs a mask file (or the other way round)."""
+    if isinstance(ref.label, float) and not math.isfinite(ref.label):
+        problem = "label is NaN or Infinity, not a class number or a mask file"
+    elif label_kind == "mask" and not isinstance(ref.label, Path):
+        problem = "label is a number but this task needs a mask file"
+    elif label_kind == "class" and isinstance(ref.label, Path):
+        problem = "label is a file path but this task needs a class number"
+    else:
+        return None
+    fix = LABEL_FIXES.get(label_kind or "", "correct the case's 'label' in the datalist")
+    return SiteDataError(problem, fix=fix, item=ref.item)
 
 
 def _fingerprint(path: Path | float) -> list[str] | float:
@@ -184,8 +236,12 @@ def load_split(cases: list[CaseRef], task: TaskSpec, params: dict[str, Any], con
     """Load every case of a split (threads = ``num_workers``); bad cases fail together or are skipped by policy."""
 
     def one(case: CaseRef) -> tuple[np.ndarray, np.ndarray] | SiteDataError:
+        bad_label = _label_problem(case, task.label_kind)
+        if bad_label is not None:
+            return bad_label.with_context(site=config.site_name)
         try:
-            return load_case_cached(case, task, params, config.cache_dir)
+            with decode_limit(config.max_decoded_image_mb * 2**20):  # this worker thread's readers
+                return load_case_cached(case, task, params, config.cache_dir)
         except Exception as e:  # every kind of bad case (OSError, a reader's ValueError, ...), not only ours
             return _case_failed(e, case, config)
 

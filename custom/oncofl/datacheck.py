@@ -19,9 +19,9 @@ from typing import Any
 import numpy as np
 
 from .data import SPLITS, CaseRef, parse_datalist
-from .dicom.pixels import read_header
-from .dicom.reader import read_dicom
-from .dicom.series import SeriesVolume, list_series_files
+from .dicom.pixels import decode_limit
+from .dicom.reader import inspect_dicom, read_dicom
+from .dicom.series import SeriesVolume
 from .errors import SiteDataError, case_error
 from .site_config import SiteConfig
 
@@ -134,28 +134,21 @@ def _categories(raw: Counter, category: Callable[[str], str]) -> Counter:
     return out
 
 
-def _header_facts(case: CaseRef) -> tuple[str, str, tuple[float, ...], tuple[int, ...]]:
-    """Modality, manufacturer, spacing and shape from headers only (no pixel decoding)."""
-    files = list_series_files(case.image) if case.image.is_dir() else [case.image]
-    headers = [read_header(f) for f in files]  # each header read once
-    first = headers[0]
-    rows, cols = int(first.get("Rows", 0)), int(first.get("Columns", 0))
-    ps = first.get("PixelSpacing") or first.get("ImagerPixelSpacing") or (0.0, 0.0)
-    spacing: tuple[float, ...] = (float(ps[1]), float(ps[0]))
-    shape: tuple[int, ...] = (cols, rows)
-    if len(headers) > 1:
-        positions = sorted(float(h.get("ImagePositionPatient", [0, 0, 0])[2]) for h in headers)
-        spacing += (float(np.median(np.diff(positions))),)
-        shape += (len(headers),)
-    return str(first.get("Modality", "")), str(first.get("Manufacturer", "")), spacing, shape
-
-
 def check_site(config: SiteConfig, *, decode: bool = True, splits: tuple[str, ...] = SPLITS) -> SiteReport:
-    """Read the datalist and every case (headers only unless ``decode``); collect problems instead of stopping."""
+    """Read the datalist and every case (headers only unless ``decode``); collect problems instead of stopping.
+
+    Headers-only checks refuse what the readers refuse before decoding (non-finite or degenerate geometry, MIP /
+    projection and localizer images, MOSAICs that cannot be unpacked, images over the site's size limit), and the
+    slice spacing is measured along the slice normal (sagittal and oblique series included)."""
+    with decode_limit(config.max_decoded_image_mb * 2**20):
+        return _check_cases(config, decode, splits)
+
+
+def _check_cases(config: SiteConfig, decode: bool, splits: tuple[str, ...]) -> SiteReport:
     report = SiteReport(site=config.site_name)
     cases, missing = parse_datalist(config, splits)
     report.problems += missing
-    missing_items = {e.item for e in missing}
+    missing_items = {e.item.split(",")[0] for e in missing}  # "training case #3, label" -> the case
     for split, refs in cases.items():
         report.counts[split] = len(refs)
         for case in refs:
@@ -173,7 +166,7 @@ def check_site(config: SiteConfig, *, decode: bool = True, splits: tuple[str, ..
 
 def _check_case(report: SiteReport, case: CaseRef, decode: bool) -> None:
     """Add one case's facts to the report (headers, and the decoded pixels if ``decode``)."""
-    modality, manufacturer, spacing, shape = _header_facts(case)
+    modality, manufacturer, spacing, shape = inspect_dicom(case.image)  # headers only, the readers' checks
     if decode:
         image = read_dicom(case.image)
         if isinstance(image, SeriesVolume):

@@ -30,6 +30,7 @@ from nvflare.apis.shareable import Shareable, make_reply
 from nvflare.apis.signal import Signal
 from nvflare.apis.utils.analytix_utils import create_analytic_dxo, send_analytic_dxo
 from nvflare.app_common.app_constant import AlgorithmConstants, AppConstants
+from nvflare.private.defs import TaskConstant  # WAIT_TIME: the header FLARE puts the task interval in
 
 from .algorithms import ALGORITHMS, DPSettings, local_state_keys, scheduled_lr
 from .data import load_split, read_datalist
@@ -40,6 +41,7 @@ from .errors import JobError, OncoFLError, SiteConfigError
 from .preprocess import release_gpu_memory
 from .privacy import OutgoingGuard
 from .site_config import SiteConfig, find_site_config, load_site_config
+from .site_gpus import job_gpu_ids
 from .tasks import get_task
 
 ERROR_HEADER = "oncofl_error"
@@ -111,6 +113,7 @@ class OncoFLExecutor(Executor):
         self._local_weights: dict[str, np.ndarray] | None = None
         self._guard = OutgoingGuard()
         self._tb = None
+        self.streamed: dict[int, list[str]] = {}  # per round: the names of the scalars streamed to the server
         self._group: SiteGroup | None = None
         self._local_keys: set[str] = set()  # FedBN: state kept at this site
 
@@ -146,7 +149,10 @@ class OncoFLExecutor(Executor):
             return
         config = load_site_config(find_site_config(self._site, self._workspace_root), site_name=self._site)
         self._guard.add(*config.sensitive_strings())
-        device = resolve_device(config.gpu_ids, site=self._site)
+        gpu_ids = job_gpu_ids(config.gpu_ids, site=self._site)  # FLARE's allocation, when the job asked for GPUs
+        if gpu_ids != config.gpu_ids:
+            self.log_info(fl_ctx, f"GPUs allocated to this job by the site's resource manager: {len(gpu_ids)}")
+        device = resolve_device(gpu_ids, site=self._site)
         check = check_site(config, decode=False)  # headers only: counts, vendors, spacing, unreadable files
         self.log_info(fl_ctx, f"site data check: {check.summary()}")
         cases = read_datalist(config)
@@ -163,7 +169,7 @@ class OncoFLExecutor(Executor):
         self._train = DeviceData.from_numpy(train.images, train.labels, device)
         self._val = DeviceData.from_numpy(val.images, val.labels, device)
         self._config = config
-        devices = site_devices(config.gpu_ids, config.cpu_processes)
+        devices = site_devices(gpu_ids, config.cpu_processes)
         if devices and (self.algorithm == "scaffold" or self._dp is not None):
             raise SiteConfigError(
                 f"this job uses {'DP-SGD' if self._dp else 'SCAFFOLD'}, which trains on one device per site, but the "
@@ -214,6 +220,7 @@ class OncoFLExecutor(Executor):
                 self.log_info(fl_ctx, f"task '{task_name}' aborted before it started")
                 return make_reply(ReturnCode.TASK_ABORTED)
             if task_name == self.train_task_name:
+                self._log_task_interval(shareable, fl_ctx)
                 return self._do_train(shareable, fl_ctx, abort_signal)
             if task_name == self.validate_task_name:
                 return self._do_validate(shareable, fl_ctx)
@@ -315,7 +322,8 @@ class OncoFLExecutor(Executor):
             fl_ctx,
             f"round {current_round}: global {key}={global_score:.4f} -> local {key}={local_score:.4f}, "
             f"loss={stats.mean_loss:.4f}, {stats.steps} steps in {seconds:.1f} s"
-            + (f"; {note}" if (note := device_memory_note(trainer.device)) else ""),
+            + (f"; {note}" if (note := device_memory_note(trainer.device)) else "")
+            + self._algorithm_note(trainer, weights),
         )
         extra = {f"{k}_local": v for k, v in local_metrics.items() if k != key}
         meta = {
@@ -333,10 +341,13 @@ class OncoFLExecutor(Executor):
             )
             extra["dp_epsilon"] = ledger.epsilon()
             self.log_info(fl_ctx, f"round {current_round}: DP epsilon spent {ledger.epsilon():.3f}")
+        # under DP the training split enters only through DP-SGD: its loss (a mean over the same sampled batches) stays
+        # in this site's local log and TensorBoard, outside what is streamed to the server
         self._report(
             fl_ctx,
             {f"{key}_global": global_score, f"{key}_local": local_score, "train_loss": stats.mean_loss, **extra},
             step=current_round,
+            local_only=("train_loss",) if trainer.privacy is not None else (),
         )
         shared = {k: v for k, v in self._local_weights.items() if k not in self._local_keys}
         diff = {k: (v - np.asarray(weights[k])).astype(np.float32) for k, v in shared.items()}
@@ -349,6 +360,29 @@ class OncoFLExecutor(Executor):
             AlgorithmConstants.SCAFFOLD_CTRL_DIFF: DXO(DataKind.WEIGHT_DIFF, trainer.scaffold_delta, meta=dict(meta)),
         }
         return DXO(data_kind=DataKind.COLLECTION, data=parts, meta=meta).to_shareable()
+
+    def _log_task_interval(self, shareable: Shareable, fl_ctx: FLContext) -> None:
+        """Once per job: how long the server has this site wait before asking for its next task (the job's
+        ``task_request_interval``, which FLARE sends with every task)."""
+        wait = shareable.get_header(TaskConstant.WAIT_TIME)
+        if wait is not None and not getattr(self, "_interval_logged", False):
+            self._interval_logged = True
+            self.log_info(fl_ctx, f"the server asks for the next task after {wait} s (task_request_interval)")
+
+    def _algorithm_note(self, trainer: Trainer, weights: dict[str, np.ndarray]) -> str:
+        """What the site's algorithm did this round, for the local log: FedProx's proximal term at the round's end
+        (mu/2 ||w - w_global||^2), SCAFFOLD's control update norm."""
+        if self.algorithm == "fedprox" and self._local_weights is not None:
+            drift = sum(
+                float(np.sum((v.astype(np.float64) - np.asarray(weights[k], np.float64)) ** 2))
+                for k, v in self._local_weights.items()
+                if v.dtype.kind == "f"
+            )
+            return f"; FedProx mu={self.fedprox_mu:g}, proximal term {self.fedprox_mu / 2 * drift:.4g}"
+        if self.algorithm == "scaffold" and trainer.scaffold_delta:
+            norm = float(np.sqrt(sum(float(np.sum(np.square(v))) for v in trainer.scaffold_delta.values())))
+            return f"; SCAFFOLD control update norm {norm:.4g}"
+        return ""
 
     def _do_validate(self, shareable: Shareable, fl_ctx: FLContext) -> Shareable:
         trainer, val = self._trainer, self._val
@@ -377,8 +411,10 @@ class OncoFLExecutor(Executor):
         if self._app_dir is not None and self._trainer is not None:
             torch.save({"model": self._trainer.model.state_dict(), "task": self.task}, self._app_dir / "local_model.pt")
 
-    def _report(self, fl_ctx: FLContext, values: dict[str, float], step: int) -> None:
+    def _report(self, fl_ctx: FLContext, values: dict[str, float], step: int, local_only: tuple = ()) -> None:
+        """Scalars to the site's local TensorBoard; all but ``local_only`` also streamed to the server's."""
         values = self._guard.metrics(values)
+        self.streamed[step] = sorted(k for k in values if k not in local_only)
         if self._tb is None and self._app_dir is not None:
             from torch.utils.tensorboard import SummaryWriter
 
@@ -386,6 +422,8 @@ class OncoFLExecutor(Executor):
         for tag, value in values.items():
             if self._tb is not None:
                 self._tb.add_scalar(tag, value, step)
+            if tag in local_only:
+                continue
             if fl_ctx.get_engine() is not None:  # no engine: a local dry run outside FLARE, nothing to stream to
                 dxo = create_analytic_dxo(tag=tag, value=value, data_type=AnalyticsDataType.SCALAR, global_step=step)
                 send_analytic_dxo(self, dxo=dxo, fl_ctx=fl_ctx, event_type=ANALYTIC_EVENT_TYPE)

@@ -9,10 +9,11 @@ It is never part of a production job: jobs/*.py add it only when asked (``--faul
 
 from __future__ import annotations
 
+import time
 from typing import Any
 
 import numpy as np
-from nvflare.apis.dxo import DataKind, from_shareable
+from nvflare.apis.dxo import DataKind, MetaKey, from_shareable
 from nvflare.apis.filter import Filter
 from nvflare.apis.fl_constant import FilterKey, FLContextKey
 from nvflare.apis.fl_context import FLContext
@@ -25,7 +26,9 @@ _RECEIVED: dict[str, tuple[int, dict[str, np.ndarray]]] = {}
 
 class UpdateFaultFilter(Filter):
     """At ``sites``: rounds in ``nan_rounds`` send NaN in the first tensor; rounds in ``scale_rounds`` send the
-    update (result - global) multiplied by ``factor``."""
+    update (result - global) multiplied by ``factor``; rounds in ``steps_rounds`` claim ``steps`` local steps (a huge
+    number, or a string; a list: one claim per round of ``steps_rounds``) instead of the true count; every train
+    result is held back ``delay_s`` seconds (a straggler: a site whose GPU is that much slower)."""
 
     def __init__(
         self,
@@ -33,12 +36,18 @@ class UpdateFaultFilter(Filter):
         nan_rounds: list[int] | None = None,
         scale_rounds: list[int] | None = None,
         factor: float = 100.0,
+        steps_rounds: list[int] | None = None,
+        steps: Any = 1e30,
+        delay_s: float = 0.0,
     ) -> None:
         super().__init__()
         self.sites = list(sites)  # attributes named as the arguments: FLARE's job export reads them back
         self.nan_rounds = list(nan_rounds or [])
         self.scale_rounds = list(scale_rounds or [])
         self.factor = float(factor)
+        self.steps_rounds = list(steps_rounds or [])
+        self.steps = steps
+        self.delay_s = float(delay_s)
 
     def process(self, shareable: Shareable, fl_ctx: FLContext) -> Shareable:
         if fl_ctx.get_identity_name() not in self.sites:
@@ -57,6 +66,9 @@ class UpdateFaultFilter(Filter):
             _RECEIVED[task_id] = (current_round, {k: np.array(v, copy=True) for k, v in dxo.data.items()})
             return shareable
         current_round, received = _RECEIVED.pop(task_id, (-1, {}))
+        if self.delay_s > 0:
+            self.log_warning(fl_ctx, f"FAULT DRILL: round {current_round}: holding the result back {self.delay_s:g} s")
+            time.sleep(self.delay_s)
         data: dict[str, Any] = dict(dxo.data)
         if current_round in self.nan_rounds:
             first = sorted(data)[0]
@@ -68,6 +80,12 @@ class UpdateFaultFilter(Filter):
                 if v.dtype.kind == "f":
                     data[k] = (received[k] + self.factor * (v - received[k])).astype(v.dtype)
             self.log_warning(fl_ctx, f"FAULT DRILL: round {current_round}: sending the update x{self.factor:g}")
+        elif current_round in self.steps_rounds:
+            claim = self.steps
+            if isinstance(claim, list):
+                claim = claim[self.steps_rounds.index(current_round)]
+            dxo.set_meta_prop(MetaKey.NUM_STEPS_CURRENT_ROUND, claim)
+            self.log_warning(fl_ctx, f"FAULT DRILL: round {current_round}: claiming {claim!r} local steps")
         else:
             return shareable
         dxo.data = data

@@ -96,14 +96,22 @@ class PHIGuardFilter(Filter):
     """Task-result filter for clients: redacts every string in our reply headers and DXO meta; checks metrics.
 
     Weights pass untouched (numbers carry no text). A METRICS result whose names or values are not plain named
-    floats is refused rather than sent.
+    floats is refused rather than sent. Every result it passes is logged locally (``RECORD``, task, return code,
+    what was redacted) and counted in ``passed``: the record that the gate ran.
     """
+
+    RECORD = "PHI guard passed"
 
     def __init__(self) -> None:
         super().__init__()
         self.guard = OutgoingGuard()
+        self.passed: dict[str, int] = {}  # results this filter passed, per task name: its own record that it ran
 
     def process(self, shareable: Shareable, fl_ctx: FLContext) -> Shareable:
+        from nvflare.apis.fl_constant import FLContextKey, ReturnCode
+
+        task = str(fl_ctx.get_prop(FLContextKey.TASK_NAME, "") or "?")
+        self._redacted = 0
         headers = shareable.get(ReservedHeaderKey.HEADERS, {})
         for key, value in list(headers.items()):
             if not str(key).startswith("_"):  # FLARE's reserved headers (task ids, peer props) are its own
@@ -111,16 +119,26 @@ class PHIGuardFilter(Filter):
         try:
             dxo = from_shareable(shareable)
         except Exception:
-            return shareable  # an error reply: headers only, already cleaned
-        dxo.meta = self._clean(dxo.meta)
-        if dxo.data_kind == DataKind.METRICS:
-            dxo.data = self.guard.metrics(dxo.data)
-        dxo.update_shareable(shareable)
+            dxo = None  # an error reply: headers only, already cleaned
+        if dxo is not None:
+            dxo.meta = self._clean(dxo.meta)
+            if dxo.data_kind == DataKind.METRICS:
+                dxo.data = self.guard.metrics(dxo.data)
+            dxo.update_shareable(shareable)
+        self.passed[task] = self.passed.get(task, 0) + 1
+        rc = shareable.get_return_code(ReturnCode.OK)
+        self.log_info(
+            fl_ctx,
+            f"{self.RECORD} result #{self.passed[task]} of task '{task}' ({rc}, "
+            f"{dxo.data_kind if dxo is not None else 'no data'}): {self._redacted} string(s) redacted",
+        )
         return shareable
 
     def _clean(self, value: Any) -> Any:
         if isinstance(value, str):
-            return self.guard.redact(value)
+            cleaned = self.guard.redact(value)
+            self._redacted += cleaned != value
+            return cleaned
         if isinstance(value, dict):
             return {k: self._clean(v) for k, v in value.items()}
         if isinstance(value, (list, tuple)):

@@ -143,7 +143,7 @@ def run_federated(
         models = {s: result.global_model for s in sites}
         holdout = scorer.holdout(result.global_model)
     extras = {}
-    for file in ("privacy.json", "aggregation.json"):
+    for file in ("privacy.json", "aggregation.json", "participation.json"):
         if (result.job_dir / file).is_file():
             extras[file] = json.loads((result.job_dir / file).read_text())
     return {
@@ -349,6 +349,14 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     args.command_line = " ".join(sys.argv[1:] if argv is None else argv)  # for the report's provenance line
     args.out = args.out or str(Path("docs") / "evidence" / args.task)
+    if "fedbn" in args.algorithms:
+        from oncofl.algorithms import fedbn_refusal
+        from oncofl.tasks import get_task
+
+        spec = get_task(args.task)
+        if fedbn_refusal(spec.build_network(), spec.local_state):
+            print(f"fedbn left out: task {args.task}'s network keeps no normalization state (it would be fedavg)")
+            args.algorithms = [a for a in args.algorithms if a != "fedbn"]
     previous: dict[str, dict[str, Any]] = {}
     if args.merge:
         results_file = Path(args.out) / "results.json"

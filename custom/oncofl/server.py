@@ -15,9 +15,19 @@ from nvflare.apis.fl_context import FLContext
 from nvflare.apis.shareable import ReservedHeaderKey, Shareable
 from nvflare.app_common.app_constant import AppConstants
 from nvflare.app_common.app_event_type import AppEventType
+from nvflare.app_common.widgets.intime_model_selector import IntimeModelSelector
 from nvflare.app_common.workflows.scatter_and_gather import ScatterAndGather
 
+from .aggregation import AGGREGATED_PROP
 from .executor import ERROR_HEADER
+
+
+def aggregated_sites(fl_ctx: FLContext) -> dict | None:
+    """What :class:`oncofl.aggregation.RobustAggregator` combined this round (None: another aggregator)."""
+    decided = fl_ctx.get_prop(AGGREGATED_PROP)
+    if not isinstance(decided, dict) or decided.get("round") != fl_ctx.get_prop(AppConstants.CURRENT_ROUND):
+        return None
+    return decided
 
 
 class SiteErrorReporter(FLComponent):
@@ -55,10 +65,15 @@ class ParticipationMonitor(FLComponent):
 
     At the end of every round the server log says, e.g.::
 
-        round 1: 2 of 3 sites contributed; no update from hospital-c (site dropped, timed out or failed)
+        round 1: 2 of 3 sites contributed; no update from hospital-c (timed out)
 
     and ``participation.json`` in the job's server workspace (downloaded with the job's results) lists every round's
-    contributors and the sites that dropped, so a shortened round is never silently mistaken for a full one.
+    contributors and the sites that dropped, so a shortened round is never silently mistaken for a full one. A site
+    counts as having contributed only when its update went into the global model: one the aggregator refused or
+    rejected as an outlier is listed under ``excluded`` with the reason (``aggregation.json`` has the details).
+    ``left_out`` names every site of the round that did not contribute, with why: ``failed`` (it answered with an
+    error), ``dropped`` (FLARE declared it disconnected), ``timed out`` (alive, but no answer before the round closed:
+    only a job with ``round_deadline`` closes a round without it) or ``not aggregated`` (see ``excluded``).
     FLARE 2.9 does not hand a running job to a client that restarts: a dropped site stays out until the next job
     (``oncofl poc resume`` continues training from the last global model with every site).
     """
@@ -69,12 +84,28 @@ class ParticipationMonitor(FLComponent):
         super().__init__()
         self.rounds: list[dict] = []
         self._current: dict | None = None
+        self._failed: set[str] = set()  # sites that answered this round's train task with an error
+        self._disconnected: set[str] = set()
 
     def handle_event(self, event_type: str, fl_ctx: FLContext) -> None:
+        if event_type == EventType.CLIENT_DISCONNECTED:
+            self._disconnected.add(str(fl_ctx.get_prop(FLContextKey.DISCONNECTED_CLIENT_NAME, "")))
+        elif event_type == EventType.BEFORE_PROCESS_SUBMISSION and self._current is not None:
+            result = fl_ctx.get_prop(FLContextKey.TASK_RESULT)
+            peer = fl_ctx.get_peer_context()
+            if isinstance(result, Shareable) and peer and result.get_return_code(ReturnCode.OK) != ReturnCode.OK:
+                if result.get_header(ReservedHeaderKey.TASK_NAME) == AppConstants.TASK_TRAIN:
+                    self._failed.add(peer.get_identity_name())
         if event_type == AppEventType.ROUND_STARTED:
+            self._failed = set()
             expected = sorted(c.name for c in fl_ctx.get_engine().get_clients())
             self._current = {"round": fl_ctx.get_prop(AppConstants.CURRENT_ROUND), "expected": expected}
             self._current["contributed"] = []
+        elif event_type == AppEventType.AFTER_AGGREGATION and self._current is not None:
+            decided = aggregated_sites(fl_ctx)
+            if decided is not None:  # RobustAggregator: only what went into the model counts
+                self._current["contributed"] = list(decided["aggregated"])
+                self._current["excluded"] = dict(decided["excluded"])
         elif event_type == AppEventType.AFTER_CONTRIBUTION_ACCEPT and self._current is not None:
             peer = fl_ctx.get_peer_context()
             if peer and fl_ctx.get_prop(AppConstants.AGGREGATION_ACCEPTED):
@@ -82,16 +113,21 @@ class ParticipationMonitor(FLComponent):
         elif event_type == AppEventType.ROUND_DONE and self._current is not None:
             record = self._current
             record["contributed"] = sorted(set(record["contributed"]))
-            record["missing"] = [s for s in record["expected"] if s not in record["contributed"]]
+            excluded = record.setdefault("excluded", {})
+            record["missing"] = [s for s in record["expected"] if s not in record["contributed"] and s not in excluded]
+            record["left_out"] = {s: self._why_missing(s) for s in record["missing"]}
+            record["left_out"].update({s: "not aggregated" for s in excluded})
             self.rounds.append(record)
             self._current = None
             n_done, n_all = len(record["contributed"]), len(record["expected"])
             message = f"round {record['round']}: {n_done} of {n_all} sites contributed"
-            if record["missing"]:
-                self.log_warning(
-                    fl_ctx,
-                    f"{message}; no update from {', '.join(record['missing'])} (site dropped, timed out or failed)",
-                )
+            if excluded:
+                message += f"; update from {', '.join(sorted(excluded))} not used by the aggregator"
+            if record["missing"] or excluded:
+                if record["missing"]:
+                    why = ", ".join(f"{s} ({record['left_out'][s]})" for s in record["missing"])
+                    message += f"; no update from {why}"
+                self.log_warning(fl_ctx, message)
             else:
                 self.log_info(fl_ctx, message)
             self._write(fl_ctx)
@@ -102,11 +138,18 @@ class ParticipationMonitor(FLComponent):
                 names = ", ".join(dropped)
                 self.log_warning(fl_ctx, f"job finished; some rounds lack updates from: {names} (see {self.FILE_NAME})")
 
+    def _why_missing(self, site: str) -> str:
+        if site in self._failed:
+            return "failed"
+        return "dropped" if site in self._disconnected else "timed out"
+
     def summary(self) -> dict:
         dropped = sorted({s for r in self.rounds for s in r["missing"]})
+        excluded = sorted({s for r in self.rounds for s in r.get("excluded", {})})
         return {
             "rounds": self.rounds,
             "dropped": dropped,
+            "excluded": excluded,
             "last_round_contributors": self.rounds[-1]["contributed"] if self.rounds else [],
         }
 
@@ -116,6 +159,60 @@ class ParticipationMonitor(FLComponent):
         with open(path + ".tmp", "w") as f:
             json.dump(self.summary(), f, indent=1)
         os.replace(path + ".tmp", path)
+
+
+class AggregatedModelSelector(IntimeModelSelector):
+    """FLARE's IntimeModelSelector, averaging only the validation scores of sites whose updates were aggregated.
+
+    FLARE's selector adds every arriving result's score of the global model (before the aggregator has judged it)
+    and decides before aggregation. This one keeps the scores per site and decides after aggregation, over the sites
+    :class:`oncofl.aggregation.RobustAggregator` combined (with another aggregator: over the sites it accepted), so a
+    refused or rejected site cannot steer which global model is kept as the best.
+    """
+
+    def __init__(self, key_metric: str = "val_accuracy", negate_key_metric: bool = False) -> None:
+        self.scores: dict[str, tuple[float, float, float]] = {}  # site -> (metric x weight, raw x weight, weight)
+        super().__init__(key_metric=key_metric, negate_key_metric=negate_key_metric)
+
+    def handle_event(self, event_type: str, fl_ctx: FLContext) -> None:
+        if event_type == AppEventType.BEFORE_AGGREGATION:
+            return  # decided after the aggregation, below
+        super().handle_event(event_type, fl_ctx)
+        if event_type == AppEventType.AFTER_CONTRIBUTION_ACCEPT and not fl_ctx.get_prop(
+            AppConstants.AGGREGATION_ACCEPTED
+        ):
+            peer = fl_ctx.get_peer_context()
+            self.scores.pop(peer.get_identity_name() if peer else "?", None)
+        elif event_type == AppEventType.AFTER_AGGREGATION:
+            decided = aggregated_sites(fl_ctx)
+            used = {s: v for s, v in self.scores.items() if decided is None or s in decided["aggregated"]}
+            if len(used) < len(self.scores):
+                names = ", ".join(sorted(set(self.scores) - set(used)))
+                self.log_info(fl_ctx, f"best-model selection leaves out the scores of {names} (update not aggregated)")
+            self.validation_metric_weighted_sum = sum(v[0] for v in used.values())
+            self.raw_validation_metric_weighted_sum = sum(v[1] for v in used.values())
+            self.validation_metric_sum_of_weights = sum(v[2] for v in used.values())
+            self._before_aggregate(fl_ctx)
+
+    def _reset_stats(self) -> None:
+        super()._reset_stats()
+        self.scores = {}
+
+    def _before_accept(self, fl_ctx: FLContext) -> bool:
+        sums = (
+            self.validation_metric_weighted_sum,
+            self.raw_validation_metric_weighted_sum,
+            self.validation_metric_sum_of_weights,
+        )
+        counted = super()._before_accept(fl_ctx)
+        if counted:
+            peer = fl_ctx.get_peer_context()
+            self.scores[peer.get_identity_name(default="?")] = (
+                self.validation_metric_weighted_sum - sums[0],
+                self.raw_validation_metric_weighted_sum - sums[1],
+                self.validation_metric_sum_of_weights - sums[2],
+            )
+        return counted
 
 
 class PrivacyBudgetScatterAndGather(ScatterAndGather):

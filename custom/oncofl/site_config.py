@@ -15,8 +15,13 @@ Example::
       "cache_dir": "/scratch/oncofl_cache",
       "gpu_ids": [0],
       "num_workers": 4,
-      "on_unreadable_case": "fail"
+      "on_unreadable_case": "fail",
+      "max_decoded_image_mb": 1024,
+      "allow_paths_outside_data_root": false
     }
+
+``max_decoded_image_mb`` caps the pixel data one image (a file or a whole series) may declare before it is decoded;
+``allow_paths_outside_data_root`` lets datalist paths (absolute, ``..``, symlinks) resolve outside ``data_root``.
 
 The file is parsed as JSON and validated field by field; it is never executed.
 """
@@ -34,6 +39,7 @@ from .errors import SiteConfigError, known
 ENV_VAR = "ONCOFL_SITE_CONFIG"
 LOCAL_FILE_NAME = "oncofl_site.json"
 UNREADABLE_POLICIES = ("fail", "skip")
+DEFAULT_MAX_DECODED_IMAGE_MB = 1024
 
 
 @dataclass(frozen=True)
@@ -48,6 +54,8 @@ class SiteConfig:
     num_workers: int = 2
     on_unreadable_case: str = "fail"
     cpu_processes: int = 1  # CPU-only sites: train with this many DDP (gloo) ranks; GPU sites use every gpu_ids entry
+    max_decoded_image_mb: int = DEFAULT_MAX_DECODED_IMAGE_MB  # declared pixel size one image may have before decoding
+    allow_paths_outside_data_root: bool = False  # datalist paths must resolve inside data_root unless this is set
     source: Path | None = None
 
     def sensitive_strings(self) -> list[str]:
@@ -104,6 +112,74 @@ def load_site_config(path: str | os.PathLike, site_name: str = "") -> SiteConfig
     return parse_site_config(raw, site_name=site_name, source=path)
 
 
+def _int_field(raw: dict, key: str, default: int, low: int, high: int, problems: list[str]) -> int:
+    """An integer field in [low, high], or the default with a problem recorded."""
+    value = raw.get(key, default)
+    if not isinstance(value, int) or isinstance(value, bool) or not low <= value <= high:
+        problems.append(f"'{known(key, _ALLOWED)}' must be an integer from {low} to {high}")
+        return default
+    return value
+
+
+def _site_paths(
+    raw: dict, base: Path, problems: list[str], details: list[str]
+) -> tuple[Path | None, Path | None, Path | None]:
+    """(data_root, datalist, cache_dir), absolute; problems (no paths) and local-only details are appended."""
+
+    def as_path(key: str, default: Path | None) -> Path | None:
+        value = raw.get(key)
+        if value is None:
+            return default
+        if not isinstance(value, str) or not value.strip():
+            problems.append(f"'{known(key, _ALLOWED)}' must be a non-empty string path")
+            return default
+        p = Path(value).expanduser()
+        return (p if p.is_absolute() else base / p).resolve()
+
+    data_root = as_path("data_root", None)
+    if data_root is not None and "data_root" in raw and not data_root.is_dir():
+        problems.append("'data_root' folder does not exist")
+        details.append(f"data_root={data_root}")
+    datalist = as_path("datalist", None)
+    if "datalist" not in raw and data_root is not None:
+        datalist = data_root / "datalist.json"
+    elif isinstance(raw.get("datalist"), str) and data_root is not None and not Path(raw["datalist"]).is_absolute():
+        datalist = (data_root / raw["datalist"]).resolve()  # a relative datalist lives in the data root
+    if datalist is not None and data_root is not None and data_root.is_dir() and not datalist.is_file():
+        problems.append("datalist file does not exist")
+        details.append(f"datalist={datalist}")
+    return data_root, datalist, as_path("cache_dir", base / "oncofl_cache")
+
+
+def _options(raw: dict, problems: list[str], details: list[str]) -> dict:
+    """The non-path settings, validated (a bad one is replaced by its default and a problem appended)."""
+    gpu_ids = raw.get("gpu_ids", [])
+    if not isinstance(gpu_ids, list) or not all(
+        isinstance(g, int) and not isinstance(g, bool) and g >= 0 for g in gpu_ids
+    ):
+        problems.append("'gpu_ids' must be a list of GPU indices such as [0] or [0, 1] ([] = first GPU if any)")
+        gpu_ids = []
+    outside = raw.get("allow_paths_outside_data_root", False)
+    if not isinstance(outside, bool):
+        problems.append("'allow_paths_outside_data_root' must be true or false")
+        outside = False
+    policy = raw.get("on_unreadable_case", "fail")
+    if policy not in UNREADABLE_POLICIES:
+        problems.append(f"'on_unreadable_case' must be one of {UNREADABLE_POLICIES}")
+        details.append(f"on_unreadable_case={policy!r}")
+        policy = "fail"
+    return {
+        "gpu_ids": tuple(gpu_ids),
+        "num_workers": _int_field(raw, "num_workers", 2, 0, 64, problems),
+        "cpu_processes": _int_field(raw, "cpu_processes", 1, 1, 64, problems),
+        "max_decoded_image_mb": _int_field(
+            raw, "max_decoded_image_mb", DEFAULT_MAX_DECODED_IMAGE_MB, 1, 1 << 20, problems
+        ),
+        "allow_paths_outside_data_root": outside,
+        "on_unreadable_case": policy,
+    }
+
+
 def parse_site_config(raw: object, *, site_name: str = "", source: Path | None = None) -> SiteConfig:
     """Validate a parsed config mapping. Relative paths are resolved against the config file's folder."""
     where = str(source) if source else ""
@@ -124,18 +200,6 @@ def parse_site_config(raw: object, *, site_name: str = "", source: Path | None =
         if required not in raw:
             problems.append(f"missing required field '{known(required, _REQUIRED)}'")
 
-    base = source.parent if source else Path.cwd()
-
-    def as_path(key: str, default: Path | None) -> Path | None:
-        value = raw.get(key)
-        if value is None:
-            return default
-        if not isinstance(value, str) or not value.strip():
-            problems.append(f"'{known(key, _ALLOWED)}' must be a non-empty string path")
-            return default
-        p = Path(value).expanduser()
-        return (p if p.is_absolute() else base / p).resolve()
-
     declared_site = raw.get("site_name", "")
     if not isinstance(declared_site, str):
         problems.append("'site_name' must be a string")
@@ -143,41 +207,8 @@ def parse_site_config(raw: object, *, site_name: str = "", source: Path | None =
     elif declared_site and site_name and declared_site != site_name:
         problems.append(f"'site_name' differs from the name this client runs as, '{site_name}' (a config copied?)")
         details.append(f"site_name={declared_site!r}")
-
-    data_root = as_path("data_root", None)
-    if data_root is not None and "data_root" in raw and not data_root.is_dir():
-        problems.append("'data_root' folder does not exist")
-        details.append(f"data_root={data_root}")
-    datalist = as_path("datalist", None)
-    if "datalist" not in raw and data_root is not None:
-        datalist = data_root / "datalist.json"
-    elif isinstance(raw.get("datalist"), str) and data_root is not None and not Path(raw["datalist"]).is_absolute():
-        datalist = (data_root / raw["datalist"]).resolve()  # a relative datalist lives in the data root
-    if datalist is not None and data_root is not None and data_root.is_dir() and not datalist.is_file():
-        problems.append("datalist file does not exist")
-        details.append(f"datalist={datalist}")
-    cache_dir = as_path("cache_dir", base / "oncofl_cache")
-
-    gpu_ids = raw.get("gpu_ids", [])
-    if not isinstance(gpu_ids, list) or not all(
-        isinstance(g, int) and not isinstance(g, bool) and g >= 0 for g in gpu_ids
-    ):
-        problems.append("'gpu_ids' must be a list of GPU indices such as [0] or [0, 1] ([] = first GPU if any)")
-        gpu_ids = []
-    num_workers = raw.get("num_workers", 2)
-    if not isinstance(num_workers, int) or isinstance(num_workers, bool) or not 0 <= num_workers <= 64:
-        problems.append("'num_workers' must be an integer from 0 to 64")
-        num_workers = 2
-    cpu_processes = raw.get("cpu_processes", 1)
-    if not isinstance(cpu_processes, int) or isinstance(cpu_processes, bool) or not 1 <= cpu_processes <= 64:
-        problems.append("'cpu_processes' must be an integer from 1 to 64")
-        cpu_processes = 1
-    policy = raw.get("on_unreadable_case", "fail")
-    if policy not in UNREADABLE_POLICIES:
-        problems.append(f"'on_unreadable_case' must be one of {UNREADABLE_POLICIES}")
-        details.append(f"on_unreadable_case={policy!r}")
-        policy = "fail"
-
+    data_root, datalist, cache_dir = _site_paths(raw, source.parent if source else Path.cwd(), problems, details)
+    options = _options(raw, problems, details)
     if problems:
         raise SiteConfigError(
             "invalid site configuration: " + "; ".join(problems),
@@ -192,9 +223,6 @@ def parse_site_config(raw: object, *, site_name: str = "", source: Path | None =
         datalist=datalist,
         cache_dir=cache_dir,
         site_name=declared_site or site_name,
-        gpu_ids=tuple(gpu_ids),
-        num_workers=num_workers,
-        on_unreadable_case=policy,
-        cpu_processes=cpu_processes,
         source=source,
+        **options,
     )

@@ -6,7 +6,9 @@ costs about as much as two sequential simulator runs.
 
 from __future__ import annotations
 
+import re
 from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
 
 import pytest
 
@@ -31,6 +33,7 @@ CONFIGS = {
     "dp": DP,
     "poisoned": {"fault": DRILL},
     "percentile": {"privacy_filter": "percentile"},
+    "svt": {"privacy_filter": "svt"},
 }
 # the percentile filter moves each weight by at most gamma = 0.01 a round, so it learns slower: with the seeded initial
 # model (held-out 0.469) it scored 0.743 after 4 rounds and 0.823 after 6 (the same in 4 runs side by side)
@@ -58,12 +61,31 @@ def runs(tmp_path_factory):
     return results
 
 
+def site_logs(result: dict) -> dict[str, str]:
+    """Each site's log of a run (the server's log is ``<workspace>/server/log.txt``)."""
+    workspace = Path(result["server_log"]).parent.parent
+    return {s: (workspace / s / "log.txt").read_text() for s in ("site-1", "site-2", "site-3")}
+
+
+def logged_values(text: str, prefix: str) -> list[float]:
+    return [float(v) for v in re.findall(re.escape(prefix) + r" ([-+0-9.e]+)", text)]
+
+
 @pytest.mark.parametrize("name", ["fedprox", "fedopt", "scaffold"])
 def test_each_algorithm_learns_a_global_model(runs, name):
     result = runs[name]
     assert result["held_out"] >= MIN_ACCURACY and result["held_out"] - runs["initial"] >= 0.3
     assert min(result["per_site"].values()) >= 0.85
     assert len(result["curve"]) == ROUNDS  # every round reached every site
+    # the mechanism itself acted, not only an outcome FedAvg would reach too
+    if name == "fedopt":  # FLARE's FedOpt generator stepped the server's Adam every round
+        lines = open(result["server_log"]).read().splitlines()
+        assert sum("FedOpt (torch.optim.Adam" in line and "server model update" in line for line in lines) == ROUNDS
+    else:  # every site, every round: a non-zero proximal term / control variate update
+        prefix = "FedProx mu=0.01, proximal term" if name == "fedprox" else "SCAFFOLD control update norm"
+        for site, log in site_logs(result).items():
+            values = logged_values(log, prefix)
+            assert len(values) == ROUNDS and all(v > 0 for v in values), (site, values)
 
 
 def test_flare_percentile_filter_shares_a_tenth_of_each_update_and_still_learns(runs):
@@ -74,6 +96,15 @@ def test_flare_percentile_filter_shares_a_tenth_of_each_update_and_still_learns(
     assert result["held_out"] >= 0.75 and result["held_out"] - runs["initial"] >= 0.3
     assert len(result["curve"]) == PERCENTILE_ROUNDS
     assert result["curve"][-1] > result["curve"][0] + 0.3
+    for site, log in site_logs(result).items():  # FLARE's filter cut every update this site sent
+        assert log.count("Max abs delta_w") == PERCENTILE_ROUNDS, site
+
+
+def test_flare_svt_filter_runs_on_every_update_and_the_job_completes(runs):
+    result = runs["svt"]
+    assert len(result["curve"]) == ROUNDS and all(0 <= v <= 1 for v in result["curve"])
+    for site, log in site_logs(result).items():  # the sparse vector technique chose what each update shares
+        assert log.count("SVT acceptance completed") == ROUNDS, site
 
 
 def test_fedbn_personalized_models_learn_and_cross_site_reports_both_views(runs):
@@ -113,4 +144,8 @@ def test_a_site_sending_nan_and_100x_updates_cannot_wreck_the_global_model(runs)
     server_log = open(result["server_log"]).read()
     assert "update from site-3 refused: non-finite values" in server_log
     assert "update from site-3 rejected: update norm" in server_log
+    # the participation ledger counts site-3 in no round: its update never went into the model
+    ledger = runs["poisoned"]["participation.json"]
+    assert [r["contributed"] for r in ledger["rounds"]] == [["site-1", "site-2"]] * ROUNDS
+    assert ledger["excluded"] == ["site-3"] and ledger["dropped"] == []
     assert result["held_out"] >= MIN_ACCURACY

@@ -13,7 +13,7 @@ import pytest
 from oncofl.jobs.prostate_mri_seg import export
 from oncofl.simulate import run_simulator
 from tests.conftest import make_site
-from tests.phi_markers import FAILURES, MARKER, hostile_site
+from tests.phi_markers import FAILURES, MARKER, SITE_FIELDS, hostile_site
 
 pytestmark = pytest.mark.slow
 SITES = ["site-1", "site-2"]
@@ -30,7 +30,7 @@ def test_no_marker_reaches_the_server_from_any_failure_kind(tmp_path):
     configs = tmp_path / f"{MARKER} configs, North"
     items = {}
     for site, policy in zip(SITES, ("skip", "fail")):
-        config = make_site(configs, site, n_cases=7, on_unreadable_case=policy, num_workers=1)
+        config = make_site(configs, site, n_cases=7, on_unreadable_case=policy, num_workers=1, **SITE_FIELDS)
         items[site] = hostile_site(configs / site)
         assert config.is_file()
     job = export(tmp_path / "jobs", num_rounds=1, local_epochs=1, min_clients=1)

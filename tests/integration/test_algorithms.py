@@ -99,6 +99,9 @@ def test_scaffold_sends_a_weight_difference_and_control_update_and_uses_the_glob
 
 def test_fedbn_keeps_normalization_state_at_the_site_and_reports_personalized_metrics(wdbc_data, tmp_path, monkeypatch):
     executor = _executor(wdbc_data, tmp_path, monkeypatch, algorithm="fedbn", local_epochs=10)
+    # without DP the training loss is streamed to the server's TensorBoard like the other scalars
+    executor.execute("train", _task(_initial()), fl_context("site-1"), Signal())
+    assert "train_loss" in executor.streamed[0]
     start = _initial()
     first = from_shareable(executor.execute("train", _task(start), fl_context("site-1"), Signal())).data
     local = {"input_mean", "input_sq_mean", "stats_ready"}
@@ -138,6 +141,10 @@ def test_dp_sgd_reports_epsilon_and_the_site_refuses_to_exceed_its_budget(wdbc_d
     else:
         pytest.fail("the site never stopped at its privacy budget")
     assert 3 <= len(spent) < 20 and spent == sorted(spent) and spent[-1] <= 2.0
+    # the training loss (a mean over DP-SGD's own batches, outside the accounting) stays in the local log and TB
+    assert all("train_loss" not in tags and "dp_epsilon" in tags for tags in executor.streamed.values())
+    local_tb = list((tmp_path / "app" / "tb_local").glob("events.out.tfevents.*"))
+    assert local_tb and any(b"train_loss" in f.read_bytes() for f in local_tb)
     assert executor._trainer.privacy.epsilon(executor._trainer.privacy.steps_per_round) > 2.0
     with pytest.raises(ValueError, match="fedavg, fedopt or fedbn"):
         OncoFLExecutor(task="breast_wdbc", algorithm="fedprox", dp=dp)

@@ -199,10 +199,10 @@ def _executor_for(config_path, monkeypatch, tmp_path):
 def test_hostile_site_replies_without_any_marker(tmp_path, monkeypatch, policy):
     """Markers in every header, name and exception path; one case per failure kind. With ``skip`` the site trains
     on its good cases; with ``fail`` its reply lists every bad case by position and type. No marker in the reply."""
-    from tests.phi_markers import FAILURES, MARKER, hostile_site
+    from tests.phi_markers import FAILURES, MARKER, SITE_FIELDS, hostile_site
 
     root = tmp_path / f"{MARKER} root, North"
-    config_path = make_site(root, n_cases=7, on_unreadable_case=policy)
+    config_path = make_site(root, n_cases=7, on_unreadable_case=policy, **SITE_FIELDS)
     items = hostile_site(root / "site-1")
     result = _executor_for(config_path, monkeypatch, tmp_path).execute(
         "train", global_model_task()[0], fl_context("site-1"), Signal()

@@ -11,7 +11,9 @@ from oncofl.errors import DicomReadError, SiteDataError, SiteDataErrors, case_er
 PACKAGE = Path(oncofl.__file__).parent
 ERROR_CALLS = {"OncoFLError", "SiteConfigError", "SiteDataError", "DicomReadError", "fail"}
 # names a problem/fix text may interpolate: positions and values that come from our own code, never from a file
-POSITION_NAMES = {"i", "split", "kind", "tag", "site_name"}
+POSITION_NAMES = {"i", "index", "split", "kind", "tag", "site_name"}
+# numbers our own code passes in (bounds, expected counts), never values read from a file
+BOUND_NAMES = {"low", "high", "count"}
 # site_config.py collects its problems in a list whose every append is checked here too
 CHECKED_LISTS = {"site_config.py": "problems"}
 ALLOWED_CALLS = {"sorted", "len"}  # over our own constants only (every Name inside is checked too)
@@ -33,7 +35,7 @@ def _fixed(node: ast.expr, names: frozenset[str] = frozenset()) -> bool:
     if isinstance(node, ast.Attribute) and node.attr in ("lineno", "colno"):  # a position in a file
         return True
     if isinstance(node, ast.Name):
-        return node.id in POSITION_NAMES or node.id in names or node.id.lstrip("_").isupper()
+        return node.id in POSITION_NAMES | BOUND_NAMES or node.id in names or node.id.lstrip("_").isupper()
     if isinstance(node, ast.Call):
         func = node.func
         if getattr(func, "id", "") == "known":
@@ -163,4 +165,4 @@ def test_a_transfer_syntax_uid_holding_text_is_never_quoted(tmp_path):
         except Exception as e:  # noqa: BLE001 - whatever the reader raises is reported through case_error
             err = case_error(e, "training case #0, image")
     assert "ZQXPHI" not in err.server_message() and "ZQXPHI" in err.local_message()  # the UID stays at the site
-    assert "transfer syntax that is not recognized (DicomReadError)" in err.server_message()
+    assert "transfer syntax is not a standard one: no decoder exists for it (DicomReadError)" in err.server_message()

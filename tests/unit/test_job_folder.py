@@ -141,6 +141,32 @@ def test_each_algorithm_option_wires_its_components(tmp_path, options, workflow,
     if "dp_epsilon" in options:
         assert args["dp"]["epsilon_budget"] == 2.0 and args["dp"]["planned_rounds"] == 7
         assert server["workflows"][0]["args"]["epsilon_budget"] == 2.0
+    # the PHI gate is filed under every task the executor answers, by name (FLARE has no task wildcard)
+    gated = {
+        t
+        for chain in client["task_result_filters"]
+        if any(f["path"] == "oncofl.privacy.PHIGuardFilter" for f in chain["filters"])
+        for t in chain["tasks"]
+    }
+    assert gated == set(client["executors"][0]["tasks"]) == {"train", "validate", "submit_model"}
+
+
+def test_a_filter_chain_that_would_never_run_is_refused(tmp_path):
+    """FLARE 2.9 looks a job's filters up by the exact task name: a "*" chain, or a task without the PHI gate, means
+    results leave a site unfiltered. Export refuses both."""
+    from oncofl.jobs.builder import _check_client_filters
+
+    config = json.loads((JOB / "app/config/config_fed_client.json").read_text())
+    _check_client_filters(JOB / "app/config/config_fed_client.json")  # the committed job passes
+    bad = tmp_path / "config_fed_client.json"
+    wildcard = {**config, "task_result_filters": [{**config["task_result_filters"][0], "tasks": ["*"]}]}
+    bad.write_text(json.dumps(wildcard))
+    with pytest.raises(RuntimeError, match="no task wildcard"):
+        _check_client_filters(bad)
+    partial = {**config, "task_result_filters": [{**config["task_result_filters"][0], "tasks": ["train"]}]}
+    bad.write_text(json.dumps(partial))
+    with pytest.raises(RuntimeError, match=r"\['submit_model', 'validate'\].*without PHIGuardFilter"):
+        _check_client_filters(bad)
 
 
 def test_unknown_algorithm_and_options_are_refused(tmp_path):
@@ -197,3 +223,62 @@ def test_init_seed_option_seeds_the_server_model_and_the_sites_network_alike(tmp
     network = client["executors"][0]["executor"]["args"]["network"]
     assert model["args"]["init_seed"] == network["init_seed"] == 3
     assert {k: v for k, v in network.items() if k != "init_seed"}  # the small network's own settings are kept
+
+
+def test_fedbn_is_refused_where_it_would_be_fedavg(tmp_path):
+    """prostate_seg's UNet (InstanceNorm, no affine parameters) keeps no normalization state: FedBN = FedAvg."""
+    from oncofl.jobs import breast_wdbc, prostate_mri_seg
+
+    with pytest.raises(ValueError, match="FedAvg under another name"):
+        prostate_mri_seg.export(tmp_path, algorithm="fedbn")
+    assert breast_wdbc.export(tmp_path, algorithm="fedbn").is_dir()  # BatchNorm: state to keep
+
+
+def test_gpus_per_site_reserves_gpus_through_the_sites_resource_managers(tmp_path):
+    from oncofl.jobs import prostate_mri_seg
+
+    meta = json.loads((prostate_mri_seg.export(tmp_path / "gpu", gpus_per_site=1) / "meta.json").read_text())
+    assert meta["resource_spec"] == {"@default": {"num_of_gpus": 1, "mem_per_gpu_in_GiB": 8}}
+    # the committed jobs reserve nothing: they also run on CPU-only rehearsal sites
+    assert not json.loads((JOB / "meta.json").read_text()).get("resource_spec")
+
+
+def test_rounds_wait_for_every_live_site_unless_a_deadline_is_set(tmp_path):
+    from oncofl.jobs import breast_wdbc
+    from oncofl.jobs.builder import WAIT_FOR_EVERY_SITE
+
+    def workflow_args(**options):
+        job = breast_wdbc.export(tmp_path / str(len(options)), **options)
+        return json.loads((job / "app/config/config_fed_server.json").read_text())["workflows"][0]["args"]
+
+    default = workflow_args()
+    assert default["wait_time_after_min_received"] == WAIT_FOR_EVERY_SITE and not default.get("train_timeout")
+    deadline = workflow_args(round_deadline=300)
+    assert deadline["wait_time_after_min_received"] == 300 and deadline["train_timeout"] == 300
+    with pytest.raises(ValueError, match="round_deadline"):
+        workflow_args(round_deadline=-1)
+
+
+@pytest.mark.parametrize(
+    "options, flag",
+    [
+        ({"he": True, "max_update_norm": 5.0}, "--max-update-norm"),
+        ({"he": True, "reject_norm_factor": 20.0}, "--reject-norm-factor"),
+        ({"algorithm": "scaffold", "aggregation": "median"}, "--aggregation"),
+        ({"algorithm": "scaffold", "max_update_norm": 5.0}, "--max-update-norm"),
+        ({"algorithm": "scaffold", "reject_norm_factor": 0.0}, "--reject-norm-factor"),
+        ({"algorithm": "scaffold", "trim_fraction": 0.1}, "--trim-fraction"),
+    ],
+)
+def test_robust_aggregation_options_a_server_would_ignore_are_refused_at_export(tmp_path, options, flag):
+    from oncofl.jobs import breast_wdbc
+
+    with pytest.raises(ValueError, match=f"{flag}.*would have no effect"):
+        breast_wdbc.export(tmp_path, **options)
+
+
+def test_jobs_select_the_best_model_over_the_aggregated_sites_only():
+    server = json.loads((JOB / "app/config/config_fed_server.json").read_text())
+    selector = {c["id"]: c for c in server["components"]}["model_selector"]
+    assert selector["path"] == "oncofl.server.AggregatedModelSelector"
+    assert selector["args"] == {"key_metric": "val_dice"}

@@ -6,6 +6,7 @@ chest wall is at column 0 and the nipple points to increasing columns, and (opti
 
 from __future__ import annotations
 
+import math
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -74,6 +75,18 @@ def breast_box(image: np.ndarray, margin: int = 8) -> tuple[int, int, int, int]:
     )
 
 
+def projection_spacing(ds: pydicom.Dataset) -> tuple[float, float]:
+    """Detector pixel spacing (between rows, between columns) in mm; uncalibrated (absent, non-finite, zero or
+    negative) = pixel units (1, 1)."""
+    try:
+        values = [float(v) for v in (ds.get("ImagerPixelSpacing") or ds.get("PixelSpacing") or ())]
+    except (TypeError, ValueError):
+        values = []
+    if len(values) != 2 or not all(math.isfinite(v) and v > 0 for v in values):
+        return 1.0, 1.0
+    return values[0], values[1]
+
+
 def read_projection(path: str | os.PathLike, *, crop: bool = True) -> ProjectionImage:
     path = Path(path)
     ds = read_header(path, pixels=True)
@@ -97,9 +110,7 @@ def read_projection(path: str | os.PathLike, *, crop: bool = True) -> Projection
         image = image[:, ::-1]
     box = breast_box(image) if crop else (0, image.shape[0], 0, image.shape[1])
     image = image[box[0] : box[1], box[2] : box[3]]
-    spacing = ds.get("ImagerPixelSpacing") or ds.get("PixelSpacing") or (1.0, 1.0)
-    if len(spacing) != 2 or min(float(v) for v in spacing) <= 0:  # uncalibrated: pixel units
-        spacing = (1.0, 1.0)
+    spacing = projection_spacing(ds)
     return ProjectionImage(
         array=np.ascontiguousarray(image, dtype=np.float32),
         spacing=(float(spacing[0]), float(spacing[1])),

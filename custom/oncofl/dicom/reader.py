@@ -1,32 +1,38 @@
 """One entry point for any DICOM input, and a MONAI ``ImageReader`` so ``LoadImage`` yields MetaTensors.
 
 ``read_dicom(path)`` dispatches on what the input is: a folder = a single-frame series; a projection radiograph
-(MG/DX/CR) = :func:`read_projection`; an enhanced multi-frame file = :func:`read_multiframe`; one slice with 3D
-geometry = a one-slice volume. Anything else is refused with a :class:`DicomReadError` that says why.
+(MG/DX/CR) = :func:`read_projection`; an enhanced multi-frame file = :func:`read_multiframe`; a Siemens MOSAIC = its
+unpacked slices; one slice with 3D geometry = a one-slice volume. Anything else (non-finite or degenerate geometry, a
+MIP/projection or localizer, an image declaring more pixels than the site's limit) is refused with a
+:class:`DicomReadError` that says why. ``inspect_dicom(path)`` applies the same checks from headers only.
 """
 
 from __future__ import annotations
 
 import os
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import numpy as np
 from monai.data import ImageReader
 from monai.utils import MetaKeys, SpaceKeys
 
 from ..errors import DicomReadError
-from .mammo import PROJECTION_MODALITIES, ProjectionImage, read_projection
-from .pixels import fail, read_header
-from .series import SeriesVolume, read_multiframe, read_series, read_slices
+from .mammo import PROJECTION_MODALITIES, ProjectionImage, projection_spacing, read_projection
+from .pixels import check_declared_size, fail, read_header
+from .series import SeriesVolume, list_series_files, read_multiframe, read_series, read_slices, stack_facts
+
+T = TypeVar("T")
 
 
 def read_dicom(
     path: str | os.PathLike, *, series_uid: str | None = None, spacing_policy: str = "refuse", crop: bool = True
 ) -> SeriesVolume | ProjectionImage:
+    """Decode any supported DICOM input (see the module docstring); refuse anything else with the reason."""
     path = Path(path)
-    try:
+
+    def read() -> SeriesVolume | ProjectionImage:
         if path.is_dir():
             return read_series(path, series_uid=series_uid, spacing_policy=spacing_policy)
         ds = read_header(path)
@@ -35,6 +41,35 @@ def read_dicom(
         if int(ds.get("NumberOfFrames", 1) or 1) > 1 or "PerFrameFunctionalGroupsSequence" in ds:
             return read_multiframe(path, spacing_policy=spacing_policy)
         return read_slices([path], spacing_policy=spacing_policy)
+
+    return _guarded(read, path)
+
+
+def inspect_dicom(path: str | os.PathLike) -> tuple[str, str, tuple[float, ...], tuple[int, ...]]:
+    """Headers only: (modality, manufacturer, spacing, shape) after every check that needs no decoding (geometry,
+    MOSAIC, projections, declared size). Volumes: spacing (x, y, z) with z along the slice normal, shape (x, y, z);
+    radiographs: (column, row) spacing and shape."""
+    path = Path(path)
+
+    def inspect() -> tuple[str, str, tuple[float, ...], tuple[int, ...]]:
+        files = list_series_files(path) if path.is_dir() else [path]
+        first = read_header(files[0])
+        if len(files) == 1 and str(first.get("Modality", "")) in PROJECTION_MODALITIES:
+            check_declared_size([(path, first)], path)
+            rows_mm, cols_mm = projection_spacing(first)
+            spacing: tuple[float, ...] = (cols_mm, rows_mm)
+            shape: tuple[int, ...] = (int(first.get("Columns", 0)), int(first.get("Rows", 0)))
+        else:
+            first, spacing, shape = stack_facts(files)
+        return str(first.get("Modality", "")), str(first.get("Manufacturer", "")), spacing, shape
+
+    return _guarded(inspect, path)
+
+
+def _guarded(action: Callable[[], T], path: Path) -> T:
+    """Run a read; non-conformant attribute values (pydicom's own exceptions) become a :class:`DicomReadError`."""
+    try:
+        return action()
     except DicomReadError:
         raise
     except (ValueError, TypeError, KeyError, AttributeError, IndexError) as e:  # non-conformant attribute values

@@ -17,6 +17,7 @@ JOB_COMPONENTS = (
     "oncofl.executor.OncoFLExecutor",
     "oncofl.provenance.ProvenanceCheck",
     "oncofl.privacy.PHIGuardFilter",
+    "oncofl.privacy.SiteUpdateGuard",  # a job may also apply the sites' own guard (stricter, never weaker)
     "oncofl.aggregation.RobustAggregator",
     "oncofl.server.",
     "oncofl.tasks.",

@@ -2,8 +2,9 @@
 
 FL touchpoints: (1) the server scatters the global model and gathers updates (ScatterAndGather), combined by
 :class:`oncofl.aggregation.RobustAggregator` (FedAvg's step-weighted mean by default, or coordinate-wise median /
-trimmed mean, with non-finite and outlier updates refused and norms bounded), (2) it keeps the best global model by
-the sites' validation metric (IntimeModelSelector), (3) it then runs cross-site evaluation of the global and every
+trimmed mean, with non-finite and outlier updates refused and norms bounded; not with ``--he`` or SCAFFOLD, which
+refuse these options), (2) it keeps the best global model by the sites' validation metric, over the sites whose
+updates were aggregated (AggregatedModelSelector), (3) it then runs cross-site evaluation of the global and every
 local model (CrossSiteModelEval). Hyper-parameters live in the job definitions and travel with the job; data paths
 and GPUs stay in each site's own config.
 
@@ -45,7 +46,6 @@ from nvflare.app_common.shareablegenerators.full_model_shareable_generator impor
     FullModelShareableGenerator,
 )
 from nvflare.app_common.widgets.convert_to_fed_event import ConvertToFedEvent
-from nvflare.app_common.widgets.intime_model_selector import IntimeModelSelector
 from nvflare.app_common.widgets.validation_json_generator import ValidationJsonGenerator
 from nvflare.app_common.workflows.cross_site_model_eval import CrossSiteModelEval
 from nvflare.app_common.workflows.scatter_and_gather import ScatterAndGather
@@ -58,15 +58,23 @@ from nvflare.job_config.api import FedJob
 from nvflare.job_config.defs import FilterType
 
 from oncofl.aggregation import RobustAggregator
-from oncofl.algorithms import ALGORITHMS
+from oncofl.algorithms import ALGORITHMS, fedbn_refusal
 from oncofl.executor import OncoFLExecutor
 from oncofl.faults import UpdateFaultFilter
 from oncofl.privacy import PHIGuardFilter
 from oncofl.provenance import ProvenanceCheck, installed
-from oncofl.server import ParticipationMonitor, PrivacyBudgetScatterAndGather, SiteErrorReporter
+from oncofl.server import (
+    AggregatedModelSelector,
+    ParticipationMonitor,
+    PrivacyBudgetScatterAndGather,
+    SiteErrorReporter,
+)
 from oncofl.tasks import DEFAULT_INIT_SEED, get_task
 
 PACKAGE = Path(__file__).resolve().parents[1]  # the installed oncofl package
+# every task a site's executor answers. FLARE 2.9 files a job's filters under each task name as written and looks
+# them up by the exact name ("*" is not a wildcard there), so filters that must see every result name these
+CLIENT_TASKS = ("train", "validate", "submit_model")
 TASK_REQUEST_INTERVAL = 0.5  # seconds; see export()
 # provisioned sites run HE jobs under this privacy.json scope: their guard cannot measure the norm of an update that
 # started from an encrypted global model (see oncofl.privacy.SiteUpdateGuard); the other checks stay
@@ -92,7 +100,17 @@ ALGORITHM_OPTIONS: dict[str, Any] = {
     "lr_schedule": "constant",  # the sites' learning rate over the rounds: "constant" or "cosine" (to ~0 at the end)
     "optimizer_state": "keep",  # the sites' Adam state: "keep" (carried across rounds) or "reset" (fresh each round)
     "init_seed": DEFAULT_INIT_SEED,  # the initial weights: every run of a job starts from the same model
+    # seconds after a round starts at which it closes without the sites that have not answered (recorded as timed
+    # out in participation.json); 0: a round waits for every site that is alive, however slow
+    "round_deadline": 0,
+    # GPUs each site's resource manager reserves for the job (FLARE resource_spec "@default"; 0: none, the job runs
+    # on whatever the site config names). Sites offer their configured gpu_ids (oncofl.site_gpus)
+    "gpus_per_site": 0,
+    "gpu_mem_gib": 8,
 }
+# a round without a deadline waits for every live site this long at most after min_clients answered (FLARE ends the
+# wait earlier when the only sites left are disconnected)
+WAIT_FOR_EVERY_SITE = 7 * 24 * 3600
 SERVER_OPTIMIZERS = ("adam", "sgd")
 PRIVACY_FILTERS = {
     "percentile": lambda: PercentilePrivacy(percentile=90, gamma=0.01),
@@ -143,13 +161,20 @@ def build_fedavg_job(
             "homomorphic encryption: the server only adds ciphertexts, so use fedavg, fedprox or fedbn with mean "
             "aggregation and no privacy filter (the server-side norm checks cannot see encrypted values)"
         )
+    _refuse_unchecked_options(algorithm, he, opts)
     if opts["server_optimizer"] not in SERVER_OPTIMIZERS:
         raise ValueError(f"unknown server optimizer {opts['server_optimizer']!r}; available: {SERVER_OPTIMIZERS}")
     if opts["privacy_filter"] and opts["privacy_filter"] not in PRIVACY_FILTERS:
         raise ValueError(f"unknown privacy filter {opts['privacy_filter']!r}; available: {sorted(PRIVACY_FILTERS)}")
     if opts["init_seed"] != DEFAULT_INIT_SEED:
         network = {**(network or {}), "init_seed": int(opts["init_seed"])}
+    if opts["gpus_per_site"] < 0 or opts["gpu_mem_gib"] < 0:
+        raise ValueError("gpus_per_site and gpu_mem_gib must be 0 or more")
     spec = get_task(task)
+    if algorithm == "fedbn":
+        refusal = fedbn_refusal(spec.build_network(**(network or {})), spec.local_state)
+        if refusal:
+            raise ValueError(f"task '{task}': {refusal}")
     job = FedJob(name=name, min_clients=min_clients)
     job.set_app_packages(["oncofl"])  # installed at every site and the server: never copied module by module
     # the oncofl this job is built for: a site or server with other code installed refuses the job at its start
@@ -157,6 +182,9 @@ def build_fedavg_job(
     job.to_clients(ProvenanceCheck(**installed()), id="oncofl_provenance")
 
     job.to_server(spec.build_network(**(network or {})), id="model")
+    if opts["gpus_per_site"]:  # export() writes it into meta.json
+        gpus = {"num_of_gpus": opts["gpus_per_site"], "mem_per_gpu_in_GiB": opts["gpu_mem_gib"]}
+        job.resource_spec = {"@default": gpus}
     if he:
         _add_he_server(job)
         job.privacy_scope = HE_SCOPE  # export() names it in meta.json
@@ -164,20 +192,25 @@ def build_fedavg_job(
         job.to_server(PTFileModelPersistor(model="model"), id="persistor")
         job.to_server(_shareable_generator(algorithm, opts), id="shareable_generator")
         job.to_server(_aggregator(algorithm, opts), id="aggregator")
-    job.to_server(IntimeModelSelector(key_metric=spec.key_metric), id="model_selector")
+    job.to_server(AggregatedModelSelector(key_metric=spec.key_metric), id="model_selector")
     job.to_server(PTFileModelLocator(pt_persistor_id="persistor"), id="model_locator")
     job.to_server(ValidationJsonGenerator(), id="json_generator")
     job.to_server(TBAnalyticsReceiver(events=["fed.analytix_log_stats"]), id="tb_receiver")
     job.to_server(SiteErrorReporter(), id="site_error_reporter")
     job.to_server(ParticipationMonitor(), id="participation_monitor")
+    deadline = int(opts["round_deadline"])
+    if deadline < 0:
+        raise ValueError(f"round_deadline must be 0 (wait for every live site) or seconds > 0, got {deadline}")
     workflow_args = dict(
         min_clients=min_clients,
         num_rounds=num_rounds,
-        wait_time_after_min_received=5,
+        # every live site contributes to every round by default: a slow hospital is waited for; with a deadline
+        # the round closes at it, whoever has answered by then
+        wait_time_after_min_received=deadline or WAIT_FOR_EVERY_SITE,
         aggregator_id="aggregator",
         persistor_id="persistor",
         shareable_generator_id="shareable_generator",
-        train_timeout=train_timeout,
+        train_timeout=deadline or train_timeout,
     )
     if algorithm == "scaffold":
         workflow = ScatterAndGatherScaffold(**workflow_args)
@@ -185,7 +218,8 @@ def build_fedavg_job(
         workflow = PrivacyBudgetScatterAndGather(**workflow_args, epsilon_budget=dp["epsilon_budget"])
     else:
         workflow = ScatterAndGather(**workflow_args)
-    workflow._always_serialize_args = ("min_clients", "num_rounds", "start_round")  # FedJob skips defaults
+    # FedJob skips arguments equal to their defaults
+    workflow._always_serialize_args = ("min_clients", "num_rounds", "start_round", "wait_time_after_min_received")
     if dp is not None:
         workflow._always_serialize_args += ("epsilon_budget",)
     job.to_server(workflow, id="scatter_and_gather")
@@ -216,27 +250,64 @@ def build_fedavg_job(
         dp=dp,
         send_weight_diff=bool(opts["privacy_filter"]),  # FLARE's privacy filters work on weight differences
     )
-    job.to_clients(executor, id="executor", tasks=["train", "validate", "submit_model"])
+    job.to_clients(executor, id="executor", tasks=list(CLIENT_TASKS))
+    data_filters: dict[str, list] = {t: [] for t in CLIENT_TASKS}  # per task, in the order FLARE runs them
+    result_filters: dict[str, list] = {t: [] for t in CLIENT_TASKS}
     if fault:  # a drill: one site's updates broken or poisoned on purpose
         drill = UpdateFaultFilter(**fault)
-        job.to_clients(drill, filter_type=FilterType.TASK_DATA, tasks=["train"])
-        job.to_clients(drill, filter_type=FilterType.TASK_RESULT, tasks=["train"])
+        data_filters["train"].append(drill)
+        result_filters["train"].append(drill)
     if opts["privacy_filter"]:
-        job.to_clients(PRIVACY_FILTERS[opts["privacy_filter"]](), filter_type=FilterType.TASK_RESULT, tasks=["train"])
-    job.to_clients(PHIGuardFilter(), filter_type=FilterType.TASK_RESULT, tasks=["*"])  # everything leaving a site
+        result_filters["train"].append(PRIVACY_FILTERS[opts["privacy_filter"]]())
+    phi_guard = PHIGuardFilter()  # everything leaving a site, last of the job's filters before HE encryption
+    for task in CLIENT_TASKS:
+        result_filters[task].append(phi_guard)
     if he:  # last out, first in: sites encrypt every model they send and decrypt every model they receive
         from nvflare.app_opt.he.model_decryptor import HEModelDecryptor
         from nvflare.app_opt.he.model_encryptor import HEModelEncryptor
 
-        job.to_clients(HEModelDecryptor(), filter_type=FilterType.TASK_DATA, tasks=["train", "validate"])
-        job.to_clients(HEModelEncryptor(weigh_by_local_iter=True), filter_type=FilterType.TASK_RESULT, tasks=["train"])
-        job.to_clients(
-            HEModelEncryptor(weigh_by_local_iter=False), filter_type=FilterType.TASK_RESULT, tasks=["submit_model"]
-        )
+        decryptor = HEModelDecryptor()
+        data_filters["train"].append(decryptor)
+        data_filters["validate"].append(decryptor)
+        result_filters["train"].append(HEModelEncryptor(weigh_by_local_iter=True))
+        result_filters["submit_model"].append(HEModelEncryptor(weigh_by_local_iter=False))
+    _add_filter_chains(job, FilterType.TASK_DATA, data_filters)
+    _add_filter_chains(job, FilterType.TASK_RESULT, result_filters)
     job.to_clients(
         ConvertToFedEvent(events_to_convert=["analytix_log_stats"], fed_event_prefix="fed."), id="event_to_fed"
     )
     return job
+
+
+def _add_filter_chains(job: FedJob, filter_type: FilterType, chains: dict[str, list]) -> None:
+    """One chain per group of tasks with the same filters (FedJob refuses task sets that overlap)."""
+    groups: dict[tuple[int, ...], list[str]] = {}
+    for task, filters in chains.items():
+        if filters:
+            groups.setdefault(tuple(id(f) for f in filters), []).append(task)
+    for tasks in groups.values():
+        for f in chains[tasks[0]]:
+            job.to_clients(f, filter_type=filter_type, tasks=tasks)
+
+
+# the RobustAggregator's options: with --he (ciphertexts) or scaffold (FLARE's own aggregator) they would do nothing
+ROBUST_OPTIONS = ("aggregation", "trim_fraction", "max_update_norm", "reject_norm_factor")
+
+
+def _refuse_unchecked_options(algorithm: str, he: bool, opts: dict[str, Any]) -> None:
+    """Refuse robust-aggregation options a job's server would silently ignore: with ``--he`` the server only adds
+    ciphertexts, and SCAFFOLD's model and control updates go through FLARE's weighted mean; neither refuses or
+    rejects any update (the sites' own guards still apply)."""
+    if not (he or algorithm == "scaffold"):
+        return
+    changed = [k for k in ROBUST_OPTIONS if opts[k] != ALGORITHM_OPTIONS[k]]
+    if changed:
+        flags = ", ".join("--" + k.replace("_", "-") for k in changed)
+        why = "homomorphic encryption (--he)" if he else "scaffold"
+        raise ValueError(
+            f"{flags}: a server running {why} does not check or robustly combine updates, so these options would "
+            "have no effect; leave them at their defaults, or choose fedavg, fedprox, fedopt or fedbn without --he"
+        )
 
 
 def _shareable_generator(algorithm: str, opts: dict[str, Any]) -> Any:
@@ -298,16 +369,18 @@ def export(job: FedJob, out_dir: str | Path, *, ship_code: bool = False) -> Path
     if job_dir.exists():
         shutil.rmtree(job_dir)
     job.export_job(str(out_dir))
-    scope = getattr(job, "privacy_scope", None)
-    if scope:  # the sites' privacy.json scope this job runs under (the default scope otherwise)
+    extra = {"scope": getattr(job, "privacy_scope", None), "resource_spec": getattr(job, "resource_spec", None)}
+    extra = {k: v for k, v in extra.items() if v}  # the sites' privacy.json scope (else the default), GPUs to reserve
+    if extra:
         meta_file = job_dir / "meta.json"
-        meta_file.write_text(json.dumps({**json.loads(meta_file.read_text()), "scope": scope}, indent=4) + "\n")
+        meta_file.write_text(json.dumps({**json.loads(meta_file.read_text()), **extra}, indent=4) + "\n")
     server_config = job_dir / "app" / "config" / "config_fed_server.json"
     config = json.loads(server_config.read_text())
     # how long a client waits after handing in a result before asking for its next task (FLARE's default: 2 s, paid
     # every round and every cross-site task; scripts/fl_overhead.py measures it)
     config["server"] = {"task_request_interval": TASK_REQUEST_INTERVAL}
     server_config.write_text(json.dumps(config, indent=4) + "\n")
+    _check_client_filters(job_dir / "app" / "config" / "config_fed_client.json")
     custom = job_dir / "app" / "custom"
     if custom.exists():  # FedJob copies nothing of an app package; anything else here would be code shipped by accident
         raise RuntimeError(f"job export put code into {custom}: {sorted(p.name for p in custom.rglob('*.py'))}")
@@ -315,6 +388,25 @@ def export(job: FedJob, out_dir: str | Path, *, ship_code: bool = False) -> Path
         task = json.loads((job_dir / "app" / "config" / "config_fed_client.json").read_text())["executors"][0]
         shutil.copytree(PACKAGE, custom / "oncofl", ignore=_package_files(task["executor"]["args"]["task"]))
     return job_dir
+
+
+def _check_client_filters(config_file: Path) -> None:
+    """Refuse to write a job whose sites would send any result past the PHI gate: FLARE matches filter chains by
+    exact task name, so a chain for ``*`` (or a task left out) silently never runs."""
+    config = json.loads(config_file.read_text())
+    for chain in config.get("task_result_filters", []) + config.get("task_data_filters", []):
+        chain["tasks"] = sorted(chain.get("tasks", []))  # FedJob keeps them in a set: one order in every export
+    config_file.write_text(json.dumps(config, indent=4) + "\n")
+    guarded: set[str] = set()
+    for chain in config.get("task_result_filters", []) + config.get("task_data_filters", []):
+        if any("*" in t for t in chain.get("tasks", [])):
+            raise RuntimeError(f"a filter chain names tasks {chain['tasks']}: FLARE 2.9 has no task wildcard")
+    for chain in config.get("task_result_filters", []):
+        if any(f.get("path") == f"{PHIGuardFilter.__module__}.PHIGuardFilter" for f in chain.get("filters", [])):
+            guarded |= set(chain.get("tasks", []))
+    missing = sorted(set(CLIENT_TASKS) - guarded)
+    if missing:
+        raise RuntimeError(f"task result(s) {missing} would leave the sites without PHIGuardFilter")
 
 
 def _package_files(task: str) -> Callable[[str, list[str]], set[str]]:

@@ -30,6 +30,16 @@ def seeded_init(seed: int | None) -> Iterator[None]:
         yield
 
 
+def norm_layer(norm: str, num_groups: int = 8) -> str | tuple:
+    """MONAI's ``norm`` argument for a task network: ``"group"`` (GroupNorm, no running statistics: the default of
+    every task network that would otherwise use BatchNorm) or ``"batch"``."""
+    if norm == "group":
+        return ("group", {"num_groups": int(num_groups)})
+    if norm == "batch":
+        return "batch"
+    raise ValueError(f"unknown normalization {norm!r}; use 'group' or 'batch'")
+
+
 TASK_NAMES = tuple(sorted(m.name for m in pkgutil.iter_modules(__path__) if not m.name.startswith("_")))
 
 
@@ -59,6 +69,8 @@ class TaskSpec:
     extra_metrics: Callable[[torch.Tensor, torch.Tensor], dict[str, float]] | None = None
     # state-dict keys (regular expressions) that FedBN keeps at the site besides normalization layers
     local_state: tuple[str, ...] = ()
+    # what a datalist 'label' must be: "class" (a number) or "mask" (a file); other labels are refused per case
+    label_kind: str = "class"
 
     def params(self, overrides: dict[str, Any] | None) -> dict[str, Any]:
         """Job hyper-parameters for preprocessing, validated against the task's defaults."""

@@ -13,7 +13,7 @@ from monai.networks.nets import DenseNet
 from ..dicom.mammo import read_projection
 from ..errors import SiteDataError
 from ..preprocess import modules, resize_2d
-from . import DEFAULT_INIT_SEED, TaskSpec, seeded_init
+from . import DEFAULT_INIT_SEED, TaskSpec, norm_layer, seeded_init
 from ._classification import auc, make_loss, sensitivity_at_specificity
 
 # The network sees the canonical-side, breast-cropped image padded to a square and resized to image_size^2.
@@ -21,7 +21,13 @@ DEFAULT_PARAMS: dict[str, Any] = {"image_size": 512}
 
 
 class MammoNet(DenseNet):
-    """MONAI 2D DenseNet, 1 channel in, 2 classes out. Defaults = DenseNet121; jobs may choose a lighter variant."""
+    """MONAI 2D DenseNet, 1 channel in, 2 classes out. Defaults = DenseNet121; jobs may choose a lighter variant.
+
+    Args:
+        norm: ``"group"`` (default: GroupNorm with ``num_groups``, no running statistics) or ``"batch"`` (BatchNorm,
+            whose running statistics a hospital's privacy guard keeps at the site); see
+            :class:`oncofl.tasks.lung_nodule_cls.LungNoduleNet`.
+    """
 
     def __init__(
         self,
@@ -29,6 +35,8 @@ class MammoNet(DenseNet):
         growth_rate: int = 32,
         block_config: tuple[int, ...] = (6, 12, 24, 16),
         init_seed: int | None = DEFAULT_INIT_SEED,
+        norm: str = "group",
+        num_groups: int = 8,
     ) -> None:
         with seeded_init(init_seed):
             super().__init__(
@@ -38,7 +46,9 @@ class MammoNet(DenseNet):
                 init_features=init_features,
                 growth_rate=growth_rate,
                 block_config=tuple(block_config),
+                norm=norm_layer(norm, num_groups),
             )
+        self.norm, self.num_groups = norm, num_groups
         self.init_features, self.growth_rate, self.block_config = init_features, growth_rate, tuple(block_config)
         self.init_seed = init_seed
 

@@ -17,7 +17,7 @@ from monai.networks.nets import ResNet
 from ..dicom.series import read_series
 from ..errors import SiteDataError
 from ..preprocess import extract_patches, modules, resample, to_ras, window
-from . import DEFAULT_INIT_SEED, TaskSpec, seeded_init
+from . import DEFAULT_INIT_SEED, TaskSpec, norm_layer, seeded_init
 from ._classification import auc, make_loss, sensitivity_at_specificity
 
 # 2 mm isotropic, 24^3 voxels = 48 mm around the nodule centre; lung window -1000..+400 HU.
@@ -25,14 +25,24 @@ DEFAULT_PARAMS: dict[str, Any] = {"spacing_mm": 2.0, "patch_size": 24, "window":
 
 
 class LungNoduleNet(ResNet):
-    """MONAI 3D ResNet (basic blocks) with a strided 7^3 stem; 2 classes."""
+    """MONAI 3D ResNet (basic blocks) with a strided 7^3 stem; 2 classes.
+
+    Args:
+        norm: ``"group"`` (default: GroupNorm with ``num_groups``, no running statistics, so the whole model can be
+            shared, and DP-SGD works) or ``"batch"`` (BatchNorm: its running statistics describe a site's images,
+            and a hospital's privacy guard keeps them at the site, so the global model would keep its initial ones;
+            see docs/security.md).
+    """
 
     def __init__(
         self,
         layers: tuple[int, ...] = (1, 1, 1, 1),
         widths: tuple[int, ...] = (16, 32, 64, 128),
         init_seed: int | None = DEFAULT_INIT_SEED,
+        norm: str = "group",
+        num_groups: int = 8,
     ) -> None:
+        self._layer_norm = norm_layer(norm, num_groups)  # MONAI's ResNet gives its blocks BatchNorm whatever `norm` is
         with seeded_init(init_seed):
             super().__init__(
                 block="basic",
@@ -42,9 +52,14 @@ class LungNoduleNet(ResNet):
                 n_input_channels=1,
                 conv1_t_stride=2,
                 num_classes=2,
+                norm=self._layer_norm,
             )
         self.layers, self.widths = tuple(layers), tuple(widths)
+        self.norm, self.num_groups = norm, num_groups
         self.init_seed = init_seed
+
+    def _make_layer(self, *args: Any, **kwargs: Any) -> torch.nn.Sequential:
+        return super()._make_layer(*args, **{**kwargs, "norm": self._layer_norm})
 
 
 @lru_cache(maxsize=1)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from functools import lru_cache
 from pathlib import Path
 from typing import Any
@@ -61,6 +62,11 @@ def _preprocessor(target_spacing: tuple[float, ...], volume_size: tuple[int, ...
 
 def read_label(label_path: Path, volume: SeriesVolume) -> np.ndarray:
     """Load a NIfTI or DICOM-SEG whole-gland mask on the image grid; any label > 0 counts as gland."""
+    if not isinstance(label_path, (str, os.PathLike)):  # a class number in a segmentation datalist
+        raise SiteDataError(
+            "label is a number but this task needs a mask file",
+            fix="give the path of the case's mask file (NIfTI or DICOM-SEG), relative to data_root",
+        )
     image_shape, image_affine = volume.array.shape, volume.affine
     if Path(label_path).suffix.lower() in (".dcm", ".dicom"):
         return (read_seg(label_path, volume) > 0).astype(np.uint8)
@@ -167,4 +173,5 @@ TASK = TaskSpec(
     make_loss=make_loss,
     metric=mean_dice,
     default_params=DEFAULT_PARAMS,
+    label_kind="mask",
 )
