@@ -108,7 +108,9 @@ def test_admin_console_submission_learns_and_results_download(poc, tmp_path, syn
         # every training result the site sent (a slow site may miss a round) and its submitted model: guarded
         trained = len(re.findall(r"round \d+: global val_dice", log))
         assert trained and len(GUARD_LINE.findall(log)) >= trained, f"{site}: not every result was guarded"
-        assert "JobLogStreamer" not in log and "SiteLogStreamer" not in log
+        # FLARE's site log streamer would have added a JobLogStreamer to the job as deployed at the site
+        deployed = list((poc.kit(site) / job_id).glob("app_*/config/config_fed_client.json"))
+        assert deployed and all("LogStreamer" not in p.read_text() for p in deployed), f"{site}: logs streamed"
 
     result = JobResults(poc.download(job_id, tmp_path / "results"))
     weights = torch.load(result.global_model, map_location="cpu", weights_only=True)["model"]

@@ -511,3 +511,18 @@ def test_site_template_scope_lists_the_guard_in_both_chains():
     default = next(s for s in policy["scopes"] if s["name"] == policy["default_scope"])
     assert any(f["path"] == GUARD for f in default["task_data_filters"])
     assert [f["path"] for f in default["task_result_filters"]] == [GUARD, "oncofl.privacy.PHIGuardFilter"]
+
+
+def test_the_lead_is_shown_the_fingerprint_and_a_site_cannot_configure_without_it(provisioned, capsys, tmp_path):
+    from oncofl.deploy import provision, site
+
+    assert provision.main(["--root", str(provisioned.root), "kits"]) == 0
+    assert f"root CA fingerprint (SHA-256): {provisioned.root_ca_fingerprint()}" in capsys.readouterr().out
+    kit = _copy_kit(provisioned, "hospital-b", tmp_path)
+    args = ["configure", "--kit", str(kit), "--data-root", str(tmp_path), "--cache-dir", str(tmp_path / "c")]
+    with pytest.raises(SystemExit):
+        site.main(args)
+    assert "--ca-fingerprint" in capsys.readouterr().err
+    assert site.main([*args, "--ca-fingerprint", "ab" * 32]) == 2  # not this kit's root CA: refused, nothing written
+    assert "does not have the fingerprint you were given" in capsys.readouterr().err
+    assert not (kit / "local" / "oncofl_site.json").exists()

@@ -295,6 +295,20 @@ class Consortium(Poc):
             print(f"admin shutdown did not go through ({e}); using the kits' local stop", file=sys.stderr)
 
 
+def print_kits(consortium: Consortium) -> None:
+    """Who gets which kit, the zips to send, and the root CA fingerprint to give out through another channel."""
+    out = consortium.package()
+    print(f"{'participant':34} {'org':12} {'role':32} kit")
+    for row in consortium.kits():
+        print(f"{row['participant']:34} {row['org']:12} {row['role']:32} {row['kit']}")
+    print(f"\nzipped for distribution: {out}/<participant>.zip (send each to its owner only: it holds a key)")
+    print(
+        f"root CA fingerprint (SHA-256): {consortium.root_ca_fingerprint()}\ngive it to every site's IT through "
+        "another channel than the kit (phone, signed letter); they pass it to `oncofl site configure "
+        "--ca-fingerprint`"
+    )
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--root", default=str(DEFAULT_ROOT), help="the provisioning workspace (holds the root CA)")
@@ -333,16 +347,7 @@ def main(argv: list[str] | None = None) -> int:
         if (consortium.root / "server_storage").is_dir():  # a rehearsal: configure it like the others
             consortium.configure_for_rehearsal(sites=[args.name])
     elif args.cmd == "kits":
-        out = consortium.package()
-        print(f"{'participant':34} {'org':12} {'role':32} kit")
-        for row in consortium.kits():
-            print(f"{row['participant']:34} {row['org']:12} {row['role']:32} {row['kit']}")
-        print(f"\nzipped for distribution: {out}/<participant>.zip (send each to its owner only: it holds a key)")
-        print(
-            f"root CA fingerprint (SHA-256): {consortium.root_ca_fingerprint()}\ngive it to every site's IT through "
-            "another channel than the kit (phone, signed letter); they pass it to `oncofl site configure "
-            "--ca-fingerprint`"
-        )
+        print_kits(consortium)
     elif args.cmd == "start":
         consortium.start()
         print(f"server and {', '.join(consortium.site_names)} running on localhost:{consortium.port}")

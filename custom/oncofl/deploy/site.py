@@ -277,6 +277,21 @@ def check_privacy(local: Path, he_kit: bool = False) -> list[str]:
     return list(dict.fromkeys(problems))
 
 
+def check_gpus(resources: dict, config) -> tuple[list[str], str]:
+    """Problems with the GPUs the kit offers to jobs against those visible here; and the detail."""
+    manager = next((c["args"] for c in resources.get("components", []) if c.get("id") == "resource_manager"), {})
+    promised, available = int(manager.get("num_of_gpus", 0)), visible_gpus()
+    problems = []
+    if promised > available:
+        problems.append(
+            f"resources.json promises {promised} GPU(s), {available} visible: the client would "
+            f"crash-loop; run `oncofl site configure --gpus ...`"
+        )
+    if config is not None and any(g >= available for g in config.gpu_ids):
+        problems.append(f"oncofl_site.json gpu_ids {list(config.gpu_ids)} but {available} visible")
+    return problems, f"{promised} GPU(s) offered to jobs, {available} visible"
+
+
 def check_package(startup: Path) -> tuple[list[str], str]:
     """Problems with the oncofl installed here against the kit's package manifest; and the detail when none."""
     from ..provenance import describe, installed
@@ -337,17 +352,7 @@ def preflight(kit: Path, connect: bool = False, decode: bool = False) -> list[tu
         problems = [f"{len(report.problems)} unreadable case(s): `oncofl check-site` lists them with the fix"]
         row("site data", [] if report.ok else problems, f"cases {report.summary()['cases']}")
     resources = json.loads(_resources_file(local).read_text())
-    manager = next((c["args"] for c in resources.get("components", []) if c.get("id") == "resource_manager"), {})
-    promised, available = int(manager.get("num_of_gpus", 0)), visible_gpus()
-    gpu_problems = []
-    if promised > available:
-        gpu_problems.append(
-            f"resources.json promises {promised} GPU(s), {available} visible: the client would "
-            f"crash-loop; run `oncofl site configure --gpus ...`"
-        )
-    if config is not None and any(g >= available for g in config.gpu_ids):
-        gpu_problems.append(f"oncofl_site.json gpu_ids {list(config.gpu_ids)} but {available} visible")
-    row("GPUs", gpu_problems, f"{promised} GPU(s) offered to jobs, {available} visible")
+    row("GPUs", *check_gpus(resources, config))
     privacy = check_privacy(local, he_kit=(startup / HE_CONTEXT).is_file())
     if resources.get("allow_log_streaming", True):
         privacy.append(
