@@ -25,6 +25,8 @@ pytestmark = pytest.mark.slow
 # was too short to assert on: 0.19-0.70 over four runs.
 MIN_POC_DICE = 0.60
 MIN_POC_GAIN = 0.50
+# what each hospital's site privacy scope (local/privacy.json, not the job) logs for every update it lets out
+GUARD_LINE = re.compile(r"site privacy policy: excluded (\d+) of (\d+) tensors; update norm ([\d.e+-]+) within bound")
 
 
 def free_port() -> int:
@@ -97,6 +99,18 @@ def test_admin_console_submission_learns_and_results_download(poc, tmp_path, syn
     meta = poc.wait(job_id, timeout=900)
     assert meta["status"] == "FINISHED:COMPLETED", meta
     assert meta["submitter_name"] == LEAD
+
+    # in the POC too, every update and the submitted model passed each hospital's own privacy scope, which the job
+    # does not configure (POC kits get the provisioned kits' local/privacy.json), and no log reached the server
+    for site in SITES:
+        log = (poc.kit(site) / job_id / "log.txt").read_text()
+        assert "site privacy guard: oncofl" in log, f"{site}: the site scope's guard did not run"
+        # every training result the site sent (a slow site may miss a round) and its submitted model: guarded
+        trained = len(re.findall(r"round \d+: global val_dice", log))
+        assert trained and len(GUARD_LINE.findall(log)) >= trained, f"{site}: not every result was guarded"
+        # FLARE's site log streamer would have added a JobLogStreamer to the job as deployed at the site
+        deployed = list((poc.kit(site) / job_id).glob("app_*/config/config_fed_client.json"))
+        assert deployed and all("LogStreamer" not in p.read_text() for p in deployed), f"{site}: logs streamed"
 
     result = JobResults(poc.download(job_id, tmp_path / "results"))
     weights = torch.load(result.global_model, map_location="cpu", weights_only=True)["model"]

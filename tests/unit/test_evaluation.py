@@ -38,3 +38,34 @@ def test_a_crafted_checkpoint_is_refused_without_running_its_code(tmp_path):
     with pytest.raises(ValueError, match="not a plain weights checkpoint"):
         load_checkpoint(crafted)
     assert not marker.exists()
+
+
+def test_the_held_out_scorer_refuses_a_crafted_global_model(tmp_path, synthetic_data):
+    """The path `oncofl poc demo` takes with the global model it downloaded from the server."""
+    from oncofl.evaluation import holdout_metric
+
+    marker = tmp_path / "code_ran"
+    crafted = tmp_path / "FL_global_model.pt"
+    torch.save({"model": {}, "meta_props": _RunsCode(str(marker))}, crafted, pickle_module=pickle)
+    with pytest.raises(ValueError, match="not a plain weights checkpoint"):
+        holdout_metric(crafted, synthetic_data / "holdout")
+    assert not marker.exists()
+
+
+def test_no_checkpoint_is_unpickled_unrestricted_anywhere():
+    """The class, not the example: no code of ours (package, scripts) and no committed job's persistor loads a
+    checkpoint with ``weights_only=False``; every ``torch.load`` names ``weights_only=True``."""
+    import json
+    import re
+
+    from tests.conftest import REPO
+
+    sources = [*(REPO / "custom").rglob("*.py"), *(REPO / "scripts").rglob("*.py")]
+    for path in sources:
+        text = path.read_text()
+        assert "weights_only=False" not in text, path
+        for call in re.findall(r"torch\.load\([^)]*\)", text):
+            assert "weights_only=True" in call, f"{path}: {call}"
+    for config in (REPO / "jobs").glob("*/app*/config/config_fed_*.json"):
+        components = json.loads(config.read_text()).get("components", [])
+        assert all(c.get("args", {}).get("load_weights_only", True) is True for c in components), config

@@ -4,8 +4,14 @@ GPU binding, and a job copy whose GPU needs name every site (so `nvflare job sub
 import json
 
 import yaml
+from nvflare.apis.fl_constant import FilterKey
+from nvflare.apis.workspace import Workspace
+from nvflare.private.fed.app.fl_conf import create_privacy_manager
 
+from oncofl.deploy.builders import site_privacy
 from oncofl.deploy.poc import LEAD, ORG_ADMIN, PROJECT_ADMIN, PROJECT_FILE, SERVER, SITES, Poc
+from oncofl.deploy.site import check_privacy
+from oncofl.privacy import PHIGuardFilter, SiteUpdateGuard
 from oncofl.site_config import load_site_config
 
 
@@ -35,6 +41,17 @@ def test_prepare_writes_kits_site_configs_and_gpu_binding(tmp_path, synthetic_da
         manager = next(c for c in resources["components"] if c["id"] == "resource_manager")
         assert manager["args"]["num_of_gpus"] == (2 if site == "hospital-b" else 0)
         assert list(config.gpu_ids) == ([0, 1] if site == "hospital-b" else [])
+        # the same site policy as a provisioned hospital kit: a privacy scope and no log streaming to the server
+        assert resources["allow_log_streaming"] is False
+        assert not any(c["id"] == "site_log_streamer" for c in resources["components"])
+        assert json.loads((poc.kit(site) / "local" / "privacy.json").read_text()) == site_privacy(he=False)
+        assert check_privacy(poc.kit(site) / "local") == []
+        scope = create_privacy_manager(Workspace(str(poc.kit(site)), site), names_only=False).get_scope("")
+        assert [type(f) for f in scope.task_data_filters[FilterKey.IN]] == [SiteUpdateGuard]
+        assert [type(f) for f in scope.task_result_filters[FilterKey.OUT]] == [SiteUpdateGuard, PHIGuardFilter]
+    assert (poc.root / ".gitignore").read_text().splitlines()[-1] == "*"  # keys and kits: never committed
+    keys = list(poc.flare_ws.rglob("*.key"))
+    assert keys and {oct(k.stat().st_mode & 0o777) for k in keys} == {"0o600"}
 
 
 def test_staged_job_names_gpu_needs_per_site(tmp_path):

@@ -19,9 +19,17 @@ from nvflare.apis.fl_context import FLContext
 from nvflare.apis.workspace import Workspace
 from nvflare.private.fed.app.fl_conf import create_privacy_manager
 
-from oncofl.deploy.builders import TEMPLATES
+from oncofl.deploy.builders import TEMPLATES, site_privacy
 from oncofl.deploy.provision import PROJECT_FILE, Consortium, rehearsal_project
-from oncofl.deploy.site import GUARD, SetupError, check_identity, check_signatures, configure, preflight
+from oncofl.deploy.site import (
+    GUARD,
+    SetupError,
+    check_identity,
+    check_privacy,
+    check_signatures,
+    configure,
+    preflight,
+)
 from oncofl.privacy import PHIGuardFilter, SiteUpdateGuard
 from tests.conftest import REPO
 
@@ -35,6 +43,14 @@ def provisioned(tmp_path_factory):
     consortium = Consortium(root / "ws", port=18997, env_overrides={"HOME": str(root / "home")})
     consortium.provision(rehearse=True)
     return consortium
+
+
+@pytest.fixture(scope="module")
+def other(provisioned, tmp_path_factory):
+    """Another consortium's provisioning: its kits are signed and consistent, under another root CA."""
+    instance = Consortium(tmp_path_factory.mktemp("other") / "ws", port=18996, env_overrides=provisioned.env_overrides)
+    instance.provision(rehearse=True)
+    return instance
 
 
 def test_project_describes_a_realistic_consortium():
@@ -65,7 +81,9 @@ def test_kits_carry_the_site_templates_and_a_verified_signature(provisioned):
     for site in provisioned.site_names:
         kit = provisioned.kit(site)
         local = kit / "local"
-        assert json.loads((local / "privacy.json").read_text()) == json.loads((TEMPLATES / "privacy.json").read_text())
+        # the template's scopes, less the unbounded HE scope: these kits have no HE context
+        assert json.loads((local / "privacy.json").read_text()) == site_privacy(he=False)
+        assert check_privacy(local) == []
         resources = json.loads((local / "resources.json").read_text())
         assert resources["allow_log_streaming"] is False  # local error logs name files: they stay at the site
         assert not any(c["id"] == "site_log_streamer" for c in resources["components"])
@@ -119,7 +137,14 @@ def test_site_installs_the_kits_wheel_and_preflight_verifies_the_installed_code(
     from oncofl.deploy import kit_install
 
     kit = _copy_kit(provisioned, "hospital-b", tmp_path)
-    configure(kit, data_root=synthetic_data / "site-2", cache_dir=tmp_path / "cache", gpu_ids=[], available_gpus=0)
+    configure(
+        kit,
+        data_root=synthetic_data / "site-2",
+        cache_dir=tmp_path / "cache",
+        gpu_ids=[],
+        available_gpus=0,
+        ca_fingerprint=provisioned.root_ca_fingerprint(),
+    )
     manifest = kit_install.verify(kit / "startup")
     site_env = tmp_path / "site-env"
     first = _run(kit / "startup" / "install_oncofl.py", "--no-deps", "--target", site_env)
@@ -168,10 +193,18 @@ def test_flare_builds_the_site_privacy_scope_with_our_guard(provisioned):
     assert [type(f) for f in scope.task_data_filters[FilterKey.IN]] == [SiteUpdateGuard]
     assert [type(f) for f in scope.task_result_filters[FilterKey.OUT]] == [SiteUpdateGuard, PHIGuardFilter]
     assert manager.get_scope("research_unfiltered") is None  # FLARE refuses to deploy a job naming it
-    he_scope = manager.get_scope("oncofl-he")  # what HE jobs name in meta.json: guarded, without the norm bound
-    guards = [*he_scope.task_data_filters[FilterKey.IN], he_scope.task_result_filters[FilterKey.OUT][0]]
-    assert [type(f) for f in guards] == [SiteUpdateGuard] * 2 and all(g.max_update_norm is None for g in guards)
-    assert type(he_scope.task_result_filters[FilterKey.OUT][1]) is PHIGuardFilter
+    # the unbounded HE scope exists only in kits with an HE context: here a job naming it is refused
+    assert manager.get_scope("oncofl-he") is None
+
+
+def test_only_an_he_kit_gets_the_scope_without_an_update_bound():
+    """What HE jobs name in meta.json: guarded and PHI-cleaned, without the norm bound; only where HE can run."""
+    he_policy = site_privacy(he=True)
+    he_scope = next(s for s in he_policy["scopes"] if s["name"] == "oncofl-he")
+    guards = [f for chain in ("task_data_filters", "task_result_filters") for f in he_scope[chain]]
+    assert [f["path"] for f in guards] == [GUARD, GUARD, "oncofl.privacy.PHIGuardFilter"]
+    assert all(f["args"].get("max_update_norm") is None for f in guards if f["path"] == GUARD)
+    assert [s["name"] for s in site_privacy(he=False)["scopes"]] == ["oncofl"]
 
 
 def _copy_kit(provisioned, site, tmp_path):
@@ -182,7 +215,15 @@ def _copy_kit(provisioned, site, tmp_path):
 
 def test_configure_and_preflight_pass_on_a_good_kit(provisioned, tmp_path, synthetic_data):
     kit = _copy_kit(provisioned, "hospital-b", tmp_path)
-    configure(kit, data_root=synthetic_data / "site-2", cache_dir=tmp_path / "cache", gpu_ids=[], available_gpus=0)
+    fingerprint = provisioned.root_ca_fingerprint()  # what the lead gives the site's IT out of band
+    configure(
+        kit,
+        data_root=synthetic_data / "site-2",
+        cache_dir=tmp_path / "cache",
+        gpu_ids=[],
+        available_gpus=0,
+        ca_fingerprint=fingerprint.replace(":", "").lower(),
+    )
     config = json.loads((kit / "local" / "oncofl_site.json").read_text())
     assert config["site_name"] == "hospital-b" and config["gpu_ids"] == []
     manager = next(
@@ -194,6 +235,7 @@ def test_configure_and_preflight_pass_on_a_good_kit(provisioned, tmp_path, synth
     rows = {name: (ok, detail) for name, ok, detail in preflight(kit)}
     assert all(ok for ok, _ in rows.values()), rows
     assert "training" in rows["site data"][1]
+    assert rows["consortium CA"][0] and rows["privacy policy"][0]
 
 
 def test_configure_refuses_gpus_the_machine_does_not_have(provisioned, tmp_path, synthetic_data):
@@ -226,9 +268,7 @@ def test_preflight_names_a_tampered_startup_file(provisioned, tmp_path, syntheti
     assert proc.returncode == 1
 
 
-def test_preflight_catches_a_certificate_from_another_provisioning(provisioned, tmp_path):
-    other = Consortium(tmp_path / "other", port=18996, env_overrides=provisioned.env_overrides)
-    other.provision(rehearse=True)
+def test_preflight_catches_a_certificate_from_another_provisioning(provisioned, other, tmp_path):
     kit = _copy_kit(provisioned, "hospital-c", tmp_path)
     for name in ("client.crt", "client.key"):
         shutil.copy2(other.kit("hospital-c") / "startup" / name, kit / "startup" / name)
@@ -238,6 +278,122 @@ def test_preflight_catches_a_certificate_from_another_provisioning(provisioned, 
         "client.crt (changed since provisioning)",
         "client.key (changed since provisioning)",
     }
+
+
+def test_preflight_fails_a_kit_whose_whole_startup_comes_from_another_consortium(
+    provisioned, other, tmp_path, synthetic_data
+):
+    """A whole foreign kit is self-consistent (signed by its own root CA, certificate and key match): only the root
+    CA fingerprint the site was given out of band tells it apart. configure refuses it; a pinned kit whose startup/
+    was swapped afterwards fails preflight."""
+    fingerprint = provisioned.root_ca_fingerprint()
+    assert fingerprint != other.root_ca_fingerprint() and len(fingerprint.split(":")) == 32
+    foreign = tmp_path / "foreign"
+    shutil.copytree(other.kit("hospital-c"), foreign)
+    with pytest.raises(SetupError, match="does not have the fingerprint you were given"):
+        configure(
+            foreign,
+            data_root=synthetic_data / "site-3",
+            cache_dir=tmp_path / "c",
+            gpu_ids=[],
+            ca_fingerprint=fingerprint,
+        )
+    assert not (foreign / "local" / "consortium_ca.json").exists()
+
+    kit = _copy_kit(provisioned, "hospital-c", tmp_path)
+    data = synthetic_data / "site-3"
+    configure(kit, data_root=data, cache_dir=tmp_path / "c", gpu_ids=[], available_gpus=0, ca_fingerprint=fingerprint)
+    shutil.rmtree(kit / "startup")
+    shutil.copytree(other.kit("hospital-c") / "startup", kit / "startup")
+    rows = {name: (ok, detail) for name, ok, detail in preflight(kit)}
+    assert rows["kit integrity"][0] and rows["site identity"][0]  # consistent in itself ...
+    assert rows["consortium CA"] == (  # ... but not the consortium's
+        False,
+        "startup/rootCA.pem is not the consortium's root CA (its fingerprint differs from the pinned one): this kit "
+        "comes from another provisioning; ask the consortium lead for your kit through a trusted channel",
+    )
+    (kit / "local" / "consortium_ca.json").unlink()  # nothing pinned: no PASS either
+    assert not dict((n, ok) for n, ok, _ in preflight(kit))["consortium CA"]
+
+
+def _policy_without(local, edit) -> list[str]:
+    policy = site_privacy(he=False)
+    edit(policy["scopes"])
+    (local / "privacy.json").write_text(json.dumps(policy))
+    return check_privacy(local)
+
+
+def test_preflight_fails_a_privacy_policy_without_the_phi_filter_or_a_finite_bound(provisioned, tmp_path):
+    kit = _copy_kit(provisioned, "hospital-a", tmp_path)
+    local = kit / "local"
+
+    def drop_phi(scopes):
+        scopes[0]["task_result_filters"] = [f for f in scopes[0]["task_result_filters"] if "PHI" not in f["path"]]
+
+    def unbounded(scopes):
+        for f in scopes[0]["task_data_filters"] + scopes[0]["task_result_filters"]:
+            f.get("args", {}).pop("max_update_norm", None)
+
+    def infinite(scopes):
+        scopes[0]["task_result_filters"][0]["args"]["max_update_norm"] = float("inf")
+
+    assert _policy_without(local, drop_phi) == [
+        "the scope 'oncofl' lacks oncofl.privacy.PHIGuardFilter in task_result_filters"
+    ]
+    assert any("'oncofl' does not bound the update norm" in p for p in _policy_without(local, unbounded))
+    assert _policy_without(local, infinite) == [
+        "the scope 'oncofl' has max_update_norm inf: it must be a finite positive number"
+    ]
+    # the template's unbounded HE scope: refused in a kit without an HE context (a job could name it to skip the
+    # bound), accepted in an HE kit, never as the default scope
+    (local / "privacy.json").write_text((TEMPLATES / "privacy.json").read_text())
+    assert check_privacy(local) == [
+        "the scope 'oncofl-he' does not bound the update norm (max_update_norm null); only an HE scope in a kit with "
+        "an HE context may, and never the default scope"
+    ]
+    assert check_privacy(local, he_kit=True) == []
+    policy = json.loads((TEMPLATES / "privacy.json").read_text())
+    (local / "privacy.json").write_text(json.dumps({**policy, "default_scope": "oncofl-he"}))
+    assert check_privacy(local, he_kit=True)
+    _policy_without(local, drop_phi)
+    rows = {name: (ok, detail) for name, ok, detail in preflight(kit)}
+    assert rows["privacy policy"][0] is False and "PHIGuardFilter" in rows["privacy policy"][1]
+
+
+def test_provisioning_leaves_key_material_owner_only(provisioned):
+    """The workspace state (the root CA's private key), every private key and every kit archive: mode 600 (700 for
+    folders); FLARE 2.9 alone leaves them 644."""
+    state = provisioned.state
+    assert (state.stat().st_mode & 0o777) == 0o700
+    files = [p for p in state.rglob("*") if p.is_file()]
+    assert any(p.name == "cert.json" for p in files)
+    assert {oct(p.stat().st_mode & 0o777) for p in files} == {"0o600"}
+    keys = list(provisioned.flare_ws.rglob("*.key"))
+    assert len(keys) >= len(provisioned.participants())
+    assert {oct(p.stat().st_mode & 0o777) for p in keys} == {"0o600"}
+    out = provisioned.package()
+    zips = sorted(out.glob("*.zip"))
+    assert len(zips) == len(provisioned.kits()) > len(provisioned.participants())  # admins' kits too
+    assert (out.stat().st_mode & 0o777) == 0o700
+    assert {oct(z.stat().st_mode & 0o777) for z in zips} == {"0o600"}
+
+
+def test_a_workspace_anywhere_inside_a_repository_stays_out_of_git(provisioned):
+    """`--root` pointing anywhere inside a checkout: the workspace ignores itself, and the repository's .gitignore
+    also covers kit archives wherever they lie."""
+    provisioned.package()
+    repo = provisioned.root.parent
+    subprocess.run(["git", "init", "-q", str(repo)], check=True)
+    listed = subprocess.run(
+        ["git", "status", "--porcelain", "--untracked-files=all", "--ignored=no", "--", provisioned.root.name],
+        cwd=repo,
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout
+    assert listed == ""
+    for example in ("anywhere/distribute/hospital-a.zip", "ws/hospital-a.zip", "kits/distribute/README"):
+        assert subprocess.run(["git", "check-ignore", "-q", example], cwd=REPO).returncode == 0, example
 
 
 def test_add_site_issues_one_kit_under_the_same_root_ca(provisioned, tmp_path):
@@ -355,3 +511,18 @@ def test_site_template_scope_lists_the_guard_in_both_chains():
     default = next(s for s in policy["scopes"] if s["name"] == policy["default_scope"])
     assert any(f["path"] == GUARD for f in default["task_data_filters"])
     assert [f["path"] for f in default["task_result_filters"]] == [GUARD, "oncofl.privacy.PHIGuardFilter"]
+
+
+def test_the_lead_is_shown_the_fingerprint_and_a_site_cannot_configure_without_it(provisioned, capsys, tmp_path):
+    from oncofl.deploy import provision, site
+
+    assert provision.main(["--root", str(provisioned.root), "kits"]) == 0
+    assert f"root CA fingerprint (SHA-256): {provisioned.root_ca_fingerprint()}" in capsys.readouterr().out
+    kit = _copy_kit(provisioned, "hospital-b", tmp_path)
+    args = ["configure", "--kit", str(kit), "--data-root", str(tmp_path), "--cache-dir", str(tmp_path / "c")]
+    with pytest.raises(SystemExit):
+        site.main(args)
+    assert "--ca-fingerprint" in capsys.readouterr().err
+    assert site.main([*args, "--ca-fingerprint", "ab" * 32]) == 2  # not this kit's root CA: refused, nothing written
+    assert "does not have the fingerprint you were given" in capsys.readouterr().err
+    assert not (kit / "local" / "oncofl_site.json").exists()

@@ -26,10 +26,46 @@ REQUIREMENTS = "oncofl-requirements.txt"
 INSTALLER = "install_oncofl.py"
 
 
+GUARD = "oncofl.privacy.SiteUpdateGuard"
+HE_CONTEXT = "client_context.tenseal"  # FLARE's HEBuilder puts it into a hospital kit's startup/
+
+
 def _write_json(path: str, data: dict) -> None:
     with open(path, "w") as f:
         json.dump(data, f, indent=2)
         f.write("\n")
+
+
+def _template(name: str, template_dir: Path = TEMPLATES) -> dict:
+    return json.loads((template_dir / name).read_text())
+
+
+def _bounded(scope: dict) -> bool:
+    """Whether every SiteUpdateGuard of ``scope`` has an update bound."""
+    guards = [f for chain in ("task_data_filters", "task_result_filters") for f in scope.get(chain, [])]
+    return all(f.get("args", {}).get("max_update_norm") is not None for f in guards if f.get("path") == GUARD)
+
+
+def site_privacy(he: bool, template_dir: Path = TEMPLATES) -> dict:
+    """A hospital's ``local/privacy.json``: the template's scopes; a scope without a finite update bound (the HE
+    scope: an encrypted global model's update norm cannot be measured) only in a kit that can run HE jobs."""
+    policy = _template("privacy.json", template_dir)
+    policy["scopes"] = [s for s in policy["scopes"] if he or _bounded(s)]
+    return policy
+
+
+def site_resources(defaults: dict, num_gpus: int, gpu_mem: int, drills: bool = False, template_dir=TEMPLATES) -> dict:
+    """A hospital's ``local/resources.json``: the provisioned ``defaults`` (FLARE's class allow-list included) with
+    the template's settings (no log streaming to the server, no log streamer) and a GPU manager of ``num_gpus``."""
+    resources = dict(defaults)
+    template = _template("resources.json", template_dir)
+    for component in template["components"]:
+        if component["id"] == "resource_manager":
+            component["args"]["num_of_gpus"] = int(num_gpus)
+            component["args"]["mem_per_gpu_in_GiB"] = int(gpu_mem)
+    resources.update(template)
+    resources["class_allow_list"] = class_allow_list(defaults.get("class_allow_list"), drills=drills)
+    return resources
 
 
 class SiteTemplateBuilder(Builder):
@@ -50,7 +86,7 @@ class SiteTemplateBuilder(Builder):
         self.allow_byoc = list(allow_byoc or [])
 
     def _template(self, name: str) -> dict:
-        return json.loads((self.template_dir / name).read_text())
+        return _template(name, self.template_dir)
 
     def _authorization(self) -> dict:
         authorization = self._template("authorization.json")
@@ -63,7 +99,8 @@ class SiteTemplateBuilder(Builder):
         authorization = self._authorization()
         for client in project.get_clients():
             local = ctx.get_local_dir(client)
-            _write_json(os.path.join(local, "privacy.json"), self._template("privacy.json"))
+            he = os.path.isfile(os.path.join(ctx.get_kit_dir(client), HE_CONTEXT))  # HEBuilder runs before us
+            _write_json(os.path.join(local, "privacy.json"), site_privacy(he, self.template_dir))
             _write_json(os.path.join(local, "authorization.json"), authorization)
             sample = self._template("oncofl_site.json")
             sample["site_name"] = client.name
@@ -79,15 +116,9 @@ class SiteTemplateBuilder(Builder):
     def _client_resources(self, local: str, capacity: dict) -> dict:
         """The provisioned defaults (FLARE's current class allow-list included) with the template's settings."""
         with open(os.path.join(local, "resources.json.default")) as f:
-            resources = json.load(f)
-        template = self._template("resources.json")
-        for component in template["components"]:
-            if component["id"] == "resource_manager":
-                component["args"]["num_of_gpus"] = int(capacity.get(PropKey.NUM_GPUS, 0))
-                component["args"]["mem_per_gpu_in_GiB"] = int(capacity.get(PropKey.GPU_MEM, 0))
-        resources.update(template)
-        resources["class_allow_list"] = class_allow_list(resources.get("class_allow_list"))
-        return resources
+            defaults = json.load(f)
+        gpus, mem = int(capacity.get(PropKey.NUM_GPUS, 0)), int(capacity.get(PropKey.GPU_MEM, 0))
+        return site_resources(defaults, gpus, mem, template_dir=self.template_dir)
 
     def _server_resources(self, local: str) -> dict:
         with open(os.path.join(local, "resources.json.default")) as f:

@@ -19,8 +19,10 @@ Submission works three ways, all through the lead admin's kit: the admin console
 ``submit_job``), ``nvflare job submit``, and the Session API. GPU requirements are written per site name into the
 submitted copy's ``meta.json`` (``nvflare job submit`` rewrites ``@default`` and would drop them).
 
-Processes: ``start`` records every PID it caused (daemon loops, server/client, job processes); ``stop`` asks FLARE
-to shut down, waits for exactly those PIDs and kills by PID only what is left.
+Processes: ``start`` launches the kits in a session of its own and records each participant's supervisor loop and
+FLARE process (PID, start time, exact command line) only when it is a member of that session; ``stop`` asks FLARE to
+shut down, waits for the recorded processes still alive under the same identity and their descendants, and kills
+by PID only what is left of those. A PID file or a command line naming the kit proves nothing.
 """
 
 from __future__ import annotations
@@ -40,6 +42,7 @@ from pathlib import Path
 import psutil
 
 from ..jobs import class_allow_list
+from .builders import site_privacy, site_resources
 
 POC_PROJECT = Path(__file__).resolve().parent / "poc_project"
 PROJECT_FILE = POC_PROJECT / "project.yml"
@@ -56,6 +59,7 @@ DEFAULT_ROOT = Path("poc") / "workspace"
 
 
 RESUME_CHECKPOINT = "resume_from_global_model.pt"
+LEDGER = "started_processes.json"  # under the POC root: the processes this POC started
 
 
 class PocError(RuntimeError):
@@ -118,8 +122,8 @@ class Poc:
 
     def _nvflare(self, *args: str, timeout: float = 120, check: bool = True) -> subprocess.CompletedProcess:
         cmd = [str(Path(sys.executable).parent / "nvflare"), *args]
-        proc = subprocess.run(
-            cmd, env=self.env, capture_output=True, text=True, timeout=timeout, stdin=subprocess.DEVNULL
+        proc = subprocess.run(  # umask 077: what FLARE writes (keys, the root CA's state, kits) is owner-only
+            cmd, env=self.env, capture_output=True, text=True, timeout=timeout, stdin=subprocess.DEVNULL, umask=0o077
         )
         if check and proc.returncode != 0:
             raise PocError(f"`nvflare {' '.join(args)}` failed ({proc.returncode}):\n{proc.stdout}\n{proc.stderr}")
@@ -131,6 +135,7 @@ class Poc:
         if self.running_pids():
             raise PocError(f"a POC is running under {self.root}; run `oncofl poc stop` first")
         self.root.mkdir(parents=True, exist_ok=True)
+        (self.root / ".gitignore").write_text("# oncofl POC workspace: keys and kits, never committed\n*\n")
         text = PROJECT_FILE.read_text()
         text = re.sub(r"(fed_learn_port|admin_port): \d+", rf"\g<1>: {self.port}", text)
         if self.he:  # before the signature builder, which then signs the context files too
@@ -156,11 +161,11 @@ class Poc:
         config["gpu_ids"] = list(gpu_ids)
         local = self.kit(site) / "local"
         (local / "oncofl_site.json").write_text(json.dumps(config, indent=2) + "\n")
-        resources = json.loads((local / "resources.json.default").read_text())
-        for component in resources["components"]:
-            if component["id"] == "resource_manager":
-                component["args"].update(num_of_gpus=len(gpu_ids), mem_per_gpu_in_GiB=16 if gpu_ids else 0)
-        resources["class_allow_list"] = class_allow_list(resources.get("class_allow_list"), drills=True)
+        # the same site policy as a provisioned hospital kit: its privacy scope guards every update that leaves,
+        # and its logs stay local (no log streaming to the server)
+        (local / "privacy.json").write_text(json.dumps(site_privacy(self.he), indent=2) + "\n")
+        defaults = json.loads((local / "resources.json.default").read_text())
+        resources = site_resources(defaults, len(gpu_ids), 16 if gpu_ids else 0, drills=True)
         (local / "resources.json").write_text(json.dumps(resources, indent=2) + "\n")
 
     def configure_server(self) -> None:
@@ -176,21 +181,47 @@ class Poc:
     def participants(self) -> list[str]:
         return [self.server_name, *self.site_names]
 
-    def running_pids(self) -> dict[str, list[int]]:
-        """Live PIDs of every participant: its daemon loop, its FLARE process and all their descendants."""
-        found: dict[str, list[int]] = {}
-        for name in self.participants():
-            pids = set()
+    @property
+    def ledger(self) -> Path:
+        """The processes this POC started: ``{participant: [{pid, create_time, cmdline}, ...]}``."""
+        return self.root / LEDGER
+
+    def _read_ledger(self) -> dict[str, list[dict]]:
+        try:
+            return json.loads(self.ledger.read_text())
+        except (OSError, ValueError):
+            return {}
+
+    def _write_ledger(self, ledger: dict[str, list[dict]]) -> None:
+        tmp = self.ledger.with_suffix(".tmp")
+        tmp.write_text(json.dumps(ledger, indent=2) + "\n")
+        tmp.replace(self.ledger)
+
+    def record_started(self, session: int, not_before: float, names: list[str]) -> None:
+        """Record the supervisor loop and FLARE process of each of ``names`` that run in ``session``, the session
+        of a process this POC just launched (``start_new_session``): a PID a kit's pid file names is recorded only
+        when that process is provably ours, i.e. a member of our session started after we launched it."""
+        ledger = self._read_ledger()
+        for name in names:
+            entries = []
             for pid_file in ("daemon_pid.fl", "pid.fl"):
-                path = self.kit(name) / pid_file
-                try:
-                    pid = int(path.read_text().strip())
-                    proc = psutil.Process(pid)
-                    if str(self.kit(name)) in " ".join(proc.cmdline()):  # a recycled PID is not ours
-                        pids.add(pid)
-                        pids.update(c.pid for c in proc.children(recursive=True))
-                except (OSError, ValueError, psutil.Error):
-                    continue
+                proc = _proc(_read_pid(self.kit(name) / pid_file))
+                if proc is not None and _session(proc.pid) == session and _started(proc) >= not_before:
+                    entries.append(_identity(proc))
+            if entries:
+                ledger[name] = entries
+        self._write_ledger(ledger)
+
+    def running_pids(self) -> dict[str, list[int]]:
+        """Live PIDs of every participant this POC started: the recorded processes still alive with the same start
+        time and command line (a recycled PID is not ours), and their descendants (job processes, a FLARE process
+        the supervisor loop restarted). A PID file alone proves nothing: anybody can write one."""
+        found: dict[str, list[int]] = {}
+        for name, entries in self._read_ledger().items():
+            pids = set()
+            for proc in filter(None, map(_verified, entries)):
+                pids.add(proc.pid)
+                pids.update(c.pid for c in _children(proc))
             if pids:
                 found[name] = sorted(pids)
         return found
@@ -200,25 +231,40 @@ class Poc:
         args = ["poc", "start", "--timeout", str(int(timeout))]
         for name in only or []:
             args += ["-p", name]
-        self._nvflare(*args, timeout=timeout + 60)
-        if only is None or self.server_name in only:
-            self.wait_for_clients(
-                list(self.site_names) if only is None else [s for s in only if s in self.site_names], timeout
-            )
+        not_before = time.time() - 2  # create times are rounded down to the boot second; the session proves the rest
+        cmd = [str(Path(sys.executable).parent / "nvflare"), *args]
+        launcher = subprocess.Popen(
+            cmd, env=self.env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+            stdin=subprocess.DEVNULL, start_new_session=True,
+        )  # fmt: skip
+        try:  # everything `nvflare poc start` launches inherits its session id, i.e. its PID
+            out, _ = launcher.communicate(timeout=timeout + 60)
+            if launcher.returncode != 0:
+                raise PocError(f"`nvflare {' '.join(args)}` failed ({launcher.returncode}):\n{out}")
+            if only is None or self.server_name in only:
+                self.wait_for_clients(
+                    list(self.site_names) if only is None else [s for s in only if s in self.site_names], timeout
+                )
+        finally:  # a start that failed half way still gets what it started recorded, so `stop` can end it
+            self.record_started(launcher.pid, not_before, list(only or self.participants()))
 
     def start_site(self, site: str) -> None:
         """Start one participant from its kit, as the site's IT person would (``startup/start.sh``)."""
-        start_kit(self.kit(site), self.env)
+        not_before = time.time() - 2
+        session = start_kit(self.kit(site), self.env)
+        _wait_for_daemon(self.kit(site), session)
+        self.record_started(session, not_before, [site])
 
     def kill(self, name: str, keep_daemon: bool = False) -> list[int]:
         """Kill one participant hard, as a power cut would: daemon loop, FLARE process and its job processes.
-        ``keep_daemon``: kill only the FLARE process tree, so the kit's own supervisor loop restarts it (a crash)."""
+        ``keep_daemon``: kill only the FLARE process tree, so the kit's own supervisor loop restarts it (a crash).
+        Only processes this POC started (:meth:`running_pids`) are killed."""
+        ours = set(self.running_pids().get(name, []))
+        pids = sorted(ours)
         if keep_daemon:
-            pid = int((self.kit(name) / "pid.fl").read_text().strip())
-            root = _proc(pid)
-            pids = [pid, *(c.pid for c in root.children(recursive=True))] if root else []
-        else:
-            pids = self.running_pids().get(name, [])
+            pid = _read_pid(self.kit(name) / "pid.fl")
+            root = _proc(pid) if pid in ours else None
+            pids = [pid, *(c.pid for c in _children(root))] if root else []
         for pid in pids:
             try:
                 os.kill(pid, signal.SIGKILL)
@@ -233,7 +279,8 @@ class Poc:
     def stop(self, timeout: float = 45) -> list[int]:
         """Shut FLARE down and wait for every PID the POC started. Whoever the admin shutdown does not reach (e.g.
         the server still lists a job lost in a server restart) gets the kits' local stop (``shutdown.fl``, obeyed by
-        the supervisor loop); only what outlives that is killed, by PID. Returns the PIDs that had to be killed."""
+        the supervisor loop); only what outlives that is killed, by PID, and only if this POC started it (see
+        :meth:`running_pids`). Returns the PIDs that had to be killed."""
         pids = [pid for group in self.running_pids().values() for pid in group]
         if not pids:
             return []
@@ -247,7 +294,7 @@ class Poc:
             _, alive = psutil.wait_procs(alive, timeout=30)
         for proc in alive:
             try:
-                proc.kill()
+                proc.kill()  # psutil checks the PID still names the process it inspected (no recycled PID)
             except psutil.Error:
                 pass
         psutil.wait_procs(alive, timeout=15)
@@ -550,10 +597,11 @@ class Poc:
         return Path(location)
 
 
-def start_kit(kit: Path, env: dict[str, str]) -> None:
-    """Run a kit's ``startup/start.sh`` in its own session, its output appended to ``<kit>/console.log``."""
+def start_kit(kit: Path, env: dict[str, str]) -> int:
+    """Run a kit's ``startup/start.sh`` in a new session, its output appended to ``<kit>/console.log``; returns the
+    session id (the launched process's PID), which everything the script starts inherits."""
     with open(kit / "console.log", "a") as log:
-        subprocess.Popen(
+        proc = subprocess.Popen(
             ["bash", str(kit / "startup" / "start.sh")],
             env=env,
             stdout=log,
@@ -561,13 +609,73 @@ def start_kit(kit: Path, env: dict[str, str]) -> None:
             stdin=subprocess.DEVNULL,
             start_new_session=True,
         )
+    return proc.pid
 
 
-def _proc(pid: int) -> psutil.Process | None:
+def _proc(pid: int | None) -> psutil.Process | None:
+    if pid is None:
+        return None
     try:
         return psutil.Process(pid)
     except psutil.Error:
         return None
+
+
+def _read_pid(path: Path) -> int | None:
+    try:
+        return int(path.read_text().strip())
+    except (OSError, ValueError):
+        return None
+
+
+def _session(pid: int) -> int | None:
+    try:
+        return os.getsid(pid)
+    except OSError:
+        return None
+
+
+def _started(proc: psutil.Process) -> float:
+    try:
+        return proc.create_time()
+    except psutil.Error:
+        return 0.0
+
+
+def _identity(proc: psutil.Process) -> dict:
+    """What names one process for good: its PID, start time and exact command line."""
+    return {"pid": proc.pid, "create_time": proc.create_time(), "cmdline": proc.cmdline()}
+
+
+def _verified(entry: dict) -> psutil.Process | None:
+    """The live process ``entry`` recorded, or None when that PID is gone or now names another process."""
+    proc = _proc(entry.get("pid"))
+    try:
+        if proc and proc.create_time() == entry["create_time"] and proc.cmdline() == entry["cmdline"]:
+            return proc
+    except (psutil.Error, KeyError):
+        pass
+    return None
+
+
+def _children(proc: psutil.Process | None) -> list[psutil.Process]:
+    try:
+        return proc.children(recursive=True) if proc else []
+    except psutil.Error:
+        return []
+
+
+def _wait_for_daemon(kit: Path, session: int, timeout: float = 120) -> None:
+    """Wait until the kit's supervisor loop, started in ``session``, has written its PID file (or the session
+    ended: the start failed, which the caller's connection check reports)."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        daemon = _read_pid(kit / "daemon_pid.fl")
+        if daemon is not None and _session(daemon) == session:
+            return
+        if not any(_session(p.pid) == session for p in psutil.process_iter()):
+            return
+        time.sleep(0.2)
 
 
 @dataclass(frozen=True)

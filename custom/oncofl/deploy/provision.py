@@ -20,11 +20,13 @@ changes, and the running server accepts the new site without a restart.
 from __future__ import annotations
 
 import argparse
+import os
 import re
 import shutil
 import subprocess
 import sys
 import tempfile
+import zipfile
 from pathlib import Path
 
 import yaml
@@ -35,6 +37,26 @@ PROJECT_FILE = Path("provisioning") / "project.yml"  # the consortium's own, in 
 DEFAULT_ROOT = Path("provisioning") / "workspace"
 DEFAULT_REHEARSAL_PORT = 8302
 REHEARSAL_DATA = {"hospital-a": "site-1", "hospital-b": "site-2", "hospital-c": "site-3"}  # synthetic data folders
+
+
+def restrict_keys(workspace: Path) -> None:
+    """Owner-only access to key material under a FLARE workspace: every ``state/`` folder (it holds the root CA's
+    private key) and every private key file in the kits (FLARE 2.9 writes them world-readable under umask 022)."""
+    for state in Path(workspace).glob("*/state"):
+        for path in [state, *state.rglob("*")]:
+            path.chmod(0o700 if path.is_dir() else 0o600)
+    for key in Path(workspace).rglob("*.key"):
+        key.chmod(0o600)
+
+
+def zip_owner_only(folder: Path, archive: Path) -> Path:
+    """Zip ``folder`` into ``archive``, created owner-only (mode 600) before any byte is written."""
+    archive.unlink(missing_ok=True)
+    fd = os.open(archive, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    with os.fdopen(fd, "wb") as f, zipfile.ZipFile(f, "w", zipfile.ZIP_DEFLATED) as zf:
+        for path in sorted(Path(folder).rglob("*")):
+            zf.write(path, path.relative_to(folder))
+    return archive
 
 
 def _project(path: Path) -> dict:
@@ -151,6 +173,8 @@ class Consortium(Poc):
                 f"would issue new certificates to everyone. Add a site with `add-site`, or use another --root."
             )
         self.root.mkdir(parents=True, exist_ok=True)
+        # the workspace holds the root CA's private key and every participant's: never committed, wherever it lies
+        (self.root / ".gitignore").write_text("# oncofl provisioning workspace: keys and kits, never committed\n*\n")
         text = Path(source).read_text()
         if rehearse:
             text = rehearsal_project(text, self.port, self.root / "server_storage")
@@ -163,6 +187,7 @@ class Consortium(Poc):
         self.project_file.write_text(text)
         self._provision()
         self._load_names()
+        restrict_keys(self.flare_ws)
 
     def _provision(self, *extra: str) -> None:
         self._nvflare(
@@ -188,6 +213,7 @@ class Consortium(Poc):
         request = self.root / f"add_{name}.yml"
         request.write_text(yaml.safe_dump({k: v for k, v in site.items() if k != "type"}, sort_keys=False))
         self._provision("--add-client", str(request))
+        restrict_keys(self.flare_ws)
         project["participants"].append(site)
         self.project_file.write_text(yaml.safe_dump(project, sort_keys=False))
         self.site_names = (*self.site_names, name)
@@ -210,12 +236,21 @@ class Consortium(Poc):
         return rows
 
     def package(self) -> Path:
-        """One zip per kit under ``<root>/distribute/``, to hand over through a secure channel."""
+        """One zip per kit under ``<root>/distribute/`` (owner-only: each holds a private key), to hand over through
+        a secure channel."""
         out = self.root / "distribute"
-        out.mkdir(exist_ok=True)
+        out.mkdir(mode=0o700, exist_ok=True)
+        out.chmod(0o700)
         for row in self.kits():
-            shutil.make_archive(str(out / row["participant"]), "zip", row["kit"])
+            zip_owner_only(Path(row["kit"]), out / f"{row['participant']}.zip")
         return out
+
+    def root_ca_fingerprint(self) -> str:
+        """The SHA-256 fingerprint of the consortium's root CA: the lead gives it to every site's IT through another
+        channel than the kit (``oncofl site configure --ca-fingerprint``)."""
+        from .site import ca_fingerprint
+
+        return ca_fingerprint(self.kit(self.server_name) / "startup" / "rootCA.pem")
 
     # ---------------------------------------------------------------- rehearsal
     def configure_for_rehearsal(self, data: Path | None = None, sites: list[str] | None = None) -> None:
@@ -229,7 +264,13 @@ class Consortium(Poc):
             synthetic.generate(data, seed=0)
         for site in sites or self.site_names:
             folder = REHEARSAL_DATA.get(site, "site-3")  # an added hospital rehearses on hospital-c's images
-            configure(self.kit(site), data_root=data / folder, cache_dir=data / "cache" / site, gpu_ids=[])
+            configure(
+                self.kit(site),
+                data_root=data / folder,
+                cache_dir=data / "cache" / site,
+                gpu_ids=[],
+                ca_fingerprint=self.root_ca_fingerprint(),
+            )
         self.configure_server()
 
     def start(self, only: list[str] | None = None, timeout: float = 90) -> None:
@@ -252,6 +293,20 @@ class Consortium(Poc):
                 sess.close()
         except Exception as e:  # the server is down already: stop() falls back to the kits' shutdown.fl
             print(f"admin shutdown did not go through ({e}); using the kits' local stop", file=sys.stderr)
+
+
+def print_kits(consortium: Consortium) -> None:
+    """Who gets which kit, the zips to send, and the root CA fingerprint to give out through another channel."""
+    out = consortium.package()
+    print(f"{'participant':34} {'org':12} {'role':32} kit")
+    for row in consortium.kits():
+        print(f"{row['participant']:34} {row['org']:12} {row['role']:32} {row['kit']}")
+    print(f"\nzipped for distribution: {out}/<participant>.zip (send each to its owner only: it holds a key)")
+    print(
+        f"root CA fingerprint (SHA-256): {consortium.root_ca_fingerprint()}\ngive it to every site's IT through "
+        "another channel than the kit (phone, signed letter); they pass it to `oncofl site configure "
+        "--ca-fingerprint`"
+    )
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -292,11 +347,7 @@ def main(argv: list[str] | None = None) -> int:
         if (consortium.root / "server_storage").is_dir():  # a rehearsal: configure it like the others
             consortium.configure_for_rehearsal(sites=[args.name])
     elif args.cmd == "kits":
-        out = consortium.package()
-        print(f"{'participant':34} {'org':12} {'role':32} kit")
-        for row in consortium.kits():
-            print(f"{row['participant']:34} {row['org']:12} {row['role']:32} {row['kit']}")
-        print(f"\nzipped for distribution: {out}/<participant>.zip (send each to its owner only: it holds a key)")
+        print_kits(consortium)
     elif args.cmd == "start":
         consortium.start()
         print(f"server and {', '.join(consortium.site_names)} running on localhost:{consortium.port}")

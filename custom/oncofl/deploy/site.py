@@ -1,6 +1,6 @@
 """For a hospital's IT: configure the startup kit for this machine, then check it before starting the client.
 
-    oncofl site configure --kit /opt/oncofl/hospital-a \\
+    oncofl site configure --kit /opt/oncofl/hospital-a --ca-fingerprint <SHA-256 from the lead> \\
         --data-root /data/oncofl/prostate --cache-dir /scratch/oncofl-cache --gpus 0,1 --gpu-mem 24
     oncofl site preflight --kit /opt/oncofl/hospital-a [--connect]
     oncofl site install --kit /opt/oncofl/hospital-a [--no-deps]    # the kit's oncofl wheel (an upgraded kit)
@@ -9,14 +9,19 @@ The first installation, before ``oncofl`` exists here: ``python3 <kit>/startup/i
 
 ``configure`` writes ``local/oncofl_site.json`` (data, cache, GPUs, workers; validated) and sizes the GPU resource
 manager in ``local/resources.json`` to the GPUs given (never more than this machine has: FLARE would crash-loop).
+``configure --ca-fingerprint`` checks the kit's root CA against the SHA-256 fingerprint the consortium lead gave
+out of band (``oncofl provision kits`` prints it) and pins it in ``local/consortium_ca.json``.
 ``preflight`` prints one PASS/FAIL line per check and exits 1 if any failed:
 
+* consortium CA: ``startup/rootCA.pem`` has the pinned fingerprint (a kit whose whole ``startup/`` comes from
+  another provisioning is self-consistent: only this check catches it),
 * kit integrity: every file of ``startup/`` carries a valid root-CA signature (names any file that changed),
 * identity: the site certificate was issued by the kit's root CA, is in date, matches its private key and names
   this site,
 * site config and data: the config validates and the data check finds every listed case readable (counts only),
 * GPUs: the resource manager does not promise more GPUs than are visible,
-* privacy: the default scope bounds and cleans outgoing updates; logs are not streamed to the server,
+* privacy: every scope guards both directions, removes PHI from results and bounds the update norm by a finite
+  number (only an HE kit's non-default scope may leave it unbounded); logs are not streamed to the server,
 * oncofl package: the oncofl installed here is the kit's (version and code hash of ``startup/oncofl_package.json``),
 * ``--connect``: the server's address resolves and its port answers.
 """
@@ -26,7 +31,9 @@ from __future__ import annotations
 import argparse
 import base64
 import datetime
+import hashlib
 import json
+import math
 import socket
 import subprocess
 import sys
@@ -36,10 +43,63 @@ from . import kit_install
 
 SIGNATURE_FILE = "signature.json"
 GUARD = "oncofl.privacy.SiteUpdateGuard"
+PHI_FILTER = "oncofl.privacy.PHIGuardFilter"
+CA_PIN = "consortium_ca.json"  # local/: the root CA fingerprint the site's IT was given out of band
+HE_CONTEXT = "client_context.tenseal"
 
 
 class SetupError(RuntimeError):
     """A setup step cannot be done; the message says why and what to do."""
+
+
+def ca_fingerprint(pem: Path) -> str:
+    """The SHA-256 fingerprint of a root CA certificate (``openssl x509 -fingerprint -sha256`` style)."""
+    from cryptography.hazmat.primitives.serialization import Encoding
+    from cryptography.x509 import load_pem_x509_certificate
+
+    digest = hashlib.sha256(load_pem_x509_certificate(Path(pem).read_bytes()).public_bytes(Encoding.DER)).hexdigest()
+    return ":".join(digest[i : i + 2] for i in range(0, len(digest), 2)).upper()
+
+
+def _normalized(fingerprint: str) -> str:
+    """A fingerprint as 64 lowercase hex digits (colons, spaces and a ``SHA256:`` prefix dropped)."""
+    text = fingerprint.strip().lower().removeprefix("sha256").lstrip(":= ")
+    return "".join(c for c in text if c not in ": ")
+
+
+def check_root_ca(kit: Path) -> list[str]:
+    """Whether the kit's root CA is the consortium's: the fingerprint pinned by ``configure`` (given out of band)."""
+    pin = kit / "local" / CA_PIN
+    if not pin.is_file():
+        return [
+            "the consortium's root CA is not pinned: run `oncofl site configure ... --ca-fingerprint <the SHA-256 "
+            "fingerprint the consortium lead gave you>`"
+        ]
+    try:
+        pinned = _normalized(json.loads(pin.read_text())["root_ca_sha256"])
+    except (ValueError, KeyError, TypeError, AttributeError):
+        return [f"local/{CA_PIN} is not readable: run `oncofl site configure ... --ca-fingerprint` again"]
+    if _normalized(ca_fingerprint(kit / "startup" / "rootCA.pem")) != pinned:
+        return [
+            "startup/rootCA.pem is not the consortium's root CA (its fingerprint differs from the pinned one): this "
+            "kit comes from another provisioning; ask the consortium lead for your kit through a trusted channel"
+        ]
+    return []
+
+
+def pin_root_ca(kit: Path, fingerprint: str) -> Path:
+    """Check the kit's root CA against ``fingerprint`` (given out of band) and pin it in ``local/``."""
+    want = _normalized(fingerprint)
+    if len(want) != 64 or any(c not in "0123456789abcdef" for c in want):
+        raise SetupError("--ca-fingerprint must be a SHA-256 fingerprint: 64 hex digits, colons allowed")
+    if _normalized(ca_fingerprint(kit / "startup" / "rootCA.pem")) != want:
+        raise SetupError(
+            "this kit's startup/rootCA.pem does not have the fingerprint you were given: the kit is not the "
+            "consortium's (or the fingerprint was mistyped); nothing written"
+        )
+    path = kit / "local" / CA_PIN
+    path.write_text(json.dumps({"root_ca_sha256": ca_fingerprint(kit / "startup" / "rootCA.pem")}, indent=2) + "\n")
+    return path
 
 
 def _kit_name(kit: Path) -> str:
@@ -71,8 +131,11 @@ def configure(
     gpu_mem: int = 0,
     num_workers: int = 4,
     available_gpus: int | None = None,
+    ca_fingerprint: str | None = None,
 ) -> Path:
-    """Write the site's data/GPU config into the kit; returns the config file."""
+    """Write the site's data/GPU config into the kit; returns the config file. ``ca_fingerprint``: the root CA's
+    SHA-256 fingerprint the consortium lead gave out of band; the kit is refused unless its root CA matches, and the
+    fingerprint is pinned for ``preflight``."""
     from ..site_config import LOCAL_FILE_NAME, parse_site_config
 
     kit = Path(kit).resolve()
@@ -81,6 +144,8 @@ def configure(
             f"{kit} is not a hospital startup kit (no startup/fed_client.json): point --kit at the unpacked kit folder"
         )
     site = _kit_name(kit)
+    if ca_fingerprint is not None:
+        pin_root_ca(kit, ca_fingerprint)
     available = visible_gpus() if available_gpus is None else available_gpus
     wrong = [g for g in gpu_ids if g < 0 or g >= available]
     if wrong:
@@ -169,7 +234,25 @@ def check_identity(startup: Path, expected_name: str) -> list[str]:
     return problems
 
 
-def check_privacy(local: Path) -> list[str]:
+def _bound_problem(scope_name: str, guard: dict, may_be_unbounded: bool) -> str | None:
+    """What is wrong with one SiteUpdateGuard's update bound (None: a finite positive number, or allowed null)."""
+    bound = guard.get("args", {}).get("max_update_norm")
+    if bound is None:
+        if may_be_unbounded:
+            return None
+        return (
+            f"the scope '{scope_name}' does not bound the update norm (max_update_norm null); only an HE scope in a "
+            "kit with an HE context may, and never the default scope"
+        )
+    if isinstance(bound, bool) or not isinstance(bound, (int, float)) or not (math.isfinite(bound) and bound > 0):
+        return f"the scope '{scope_name}' has max_update_norm {bound!r}: it must be a finite positive number"
+    return None
+
+
+def check_privacy(local: Path, he_kit: bool = False) -> list[str]:
+    """Problems with the site's privacy policy: every scope (a job may name any) has the update guard in both chains
+    and the PHI filter on results; every guard bounds the update norm, except in a non-default scope of a kit that
+    can run HE jobs (``he_kit``: an encrypted global model's update norm cannot be measured)."""
     path = local / "privacy.json"
     if not path.is_file():
         return [
@@ -182,11 +265,31 @@ def check_privacy(local: Path) -> list[str]:
     if default is None:
         return ["privacy.json has no default_scope: a job that names no scope would run unfiltered"]
     problems = []
-    for name, scope in scopes.items():  # a job may name any scope: each must guard both directions
+    for name, scope in scopes.items():
         for chain in ("task_data_filters", "task_result_filters"):
-            if not any(f.get("path") == GUARD for f in scope.get(chain, [])):
+            guards = [f for f in scope.get(chain, []) if f.get("path") == GUARD]
+            if not guards:
                 problems.append(f"the scope '{name}' lacks {GUARD} in {chain}")
-    return problems
+            unbounded_ok = he_kit and scope is not default
+            problems += [p for p in (_bound_problem(name, g, unbounded_ok) for g in guards) if p]
+        if not any(f.get("path") == PHI_FILTER for f in scope.get("task_result_filters", [])):
+            problems.append(f"the scope '{name}' lacks {PHI_FILTER} in task_result_filters")
+    return list(dict.fromkeys(problems))
+
+
+def check_gpus(resources: dict, config) -> tuple[list[str], str]:
+    """Problems with the GPUs the kit offers to jobs against those visible here; and the detail."""
+    manager = next((c["args"] for c in resources.get("components", []) if c.get("id") == "resource_manager"), {})
+    promised, available = int(manager.get("num_of_gpus", 0)), visible_gpus()
+    problems = []
+    if promised > available:
+        problems.append(
+            f"resources.json promises {promised} GPU(s), {available} visible: the client would "
+            f"crash-loop; run `oncofl site configure --gpus ...`"
+        )
+    if config is not None and any(g >= available for g in config.gpu_ids):
+        problems.append(f"oncofl_site.json gpu_ids {list(config.gpu_ids)} but {available} visible")
+    return problems, f"{promised} GPU(s) offered to jobs, {available} visible"
 
 
 def check_package(startup: Path) -> tuple[list[str], str]:
@@ -234,6 +337,7 @@ def preflight(kit: Path, connect: bool = False, decode: bool = False) -> list[tu
     if not (startup / "fed_client.json").is_file():
         return [("kit layout", False, f"{kit} has no startup/fed_client.json: point --kit at the unpacked kit")]
     site = _kit_name(kit)
+    row("consortium CA", check_root_ca(kit), "startup/rootCA.pem has the fingerprint pinned at configure")
     row("kit integrity", check_signatures(startup), "every startup file carries the root CA's signature")
     row("site identity", check_identity(startup, site), f"certificate for '{site}' issued by the consortium's CA")
     try:
@@ -248,18 +352,8 @@ def preflight(kit: Path, connect: bool = False, decode: bool = False) -> list[tu
         problems = [f"{len(report.problems)} unreadable case(s): `oncofl check-site` lists them with the fix"]
         row("site data", [] if report.ok else problems, f"cases {report.summary()['cases']}")
     resources = json.loads(_resources_file(local).read_text())
-    manager = next((c["args"] for c in resources.get("components", []) if c.get("id") == "resource_manager"), {})
-    promised, available = int(manager.get("num_of_gpus", 0)), visible_gpus()
-    gpu_problems = []
-    if promised > available:
-        gpu_problems.append(
-            f"resources.json promises {promised} GPU(s), {available} visible: the client would "
-            f"crash-loop; run `oncofl site configure --gpus ...`"
-        )
-    if config is not None and any(g >= available for g in config.gpu_ids):
-        gpu_problems.append(f"oncofl_site.json gpu_ids {list(config.gpu_ids)} but {available} visible")
-    row("GPUs", gpu_problems, f"{promised} GPU(s) offered to jobs, {available} visible")
-    privacy = check_privacy(local)
+    row("GPUs", *check_gpus(resources, config))
+    privacy = check_privacy(local, he_kit=(startup / HE_CONTEXT).is_file())
     if resources.get("allow_log_streaming", True):
         privacy.append(
             "resources.json allows log streaming: local error logs (which name files) would reach the "
@@ -291,6 +385,11 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--gpus", default="none", help="GPU ids for FL jobs, e.g. 0,1; 'none' for CPU only")
     p.add_argument("--gpu-mem", type=int, default=0, help="GiB per GPU")
     p.add_argument("--workers", type=int, default=4)
+    p.add_argument(
+        "--ca-fingerprint",
+        required=True,
+        help="the consortium root CA's SHA-256 fingerprint, as the lead gave it to you (not from the kit itself)",
+    )
     p = sub.add_parser("preflight", help="check the kit, config, data, GPUs and privacy policy")
     p.add_argument("--kit", required=True)
     p.add_argument("--connect", action="store_true", help="also check that the server's port answers")
@@ -312,6 +411,7 @@ def main(argv: list[str] | None = None) -> int:
                 gpu_ids=gpus,
                 gpu_mem=args.gpu_mem,
                 num_workers=args.workers,
+                ca_fingerprint=args.ca_fingerprint,
             )
             print(f"wrote {path} and local/resources.json ({len(gpus)} GPU(s)); next: oncofl site preflight")
             return 0
