@@ -24,6 +24,7 @@ from oncofl.deploy.provision import PROJECT_FILE, Consortium, rehearsal_project
 from oncofl.deploy.site import (
     GUARD,
     SetupError,
+    check_gpus,
     check_identity,
     check_privacy,
     check_signatures,
@@ -231,7 +232,7 @@ def test_configure_and_preflight_pass_on_a_good_kit(provisioned, tmp_path, synth
         for c in json.loads((kit / "local" / "resources.json").read_text())["components"]
         if c["id"] == "resource_manager"
     )
-    assert manager["num_of_gpus"] == 0  # provisioned with 1; this machine has none, so the client can start
+    assert manager["gpu_ids"] == []  # provisioned with 1; this machine has none, so the client can start
     rows = {name: (ok, detail) for name, ok, detail in preflight(kit)}
     assert all(ok for ok, _ in rows.values()), rows
     assert "training" in rows["site data"][1]
@@ -243,6 +244,30 @@ def test_configure_refuses_gpus_the_machine_does_not_have(provisioned, tmp_path,
     with pytest.raises(SetupError, match=r"GPU ids \[0, 1\] are not visible.*--gpus none"):
         configure(kit, data_root=synthetic_data / "site-1", cache_dir=tmp_path / "c", gpu_ids=[0, 1], available_gpus=0)
     assert not (kit / "local" / "oncofl_site.json").exists()
+
+
+def test_configure_offers_jobs_exactly_the_sites_gpus(provisioned, tmp_path, synthetic_data):
+    """A hospital whose FL GPUs are 1 and 2 (GPU 0 serves something else): the kit's resource manager offers those,
+    and the consumer hands the allocated one to the job (FLARE's own manager would offer GPU 0 and 1)."""
+    from oncofl.site_config import load_site_config
+    from oncofl.site_gpus import SiteGPUConsumer, SiteGPUResourceManager
+
+    kit = _copy_kit(provisioned, "hospital-a", tmp_path)
+    configure(kit, data_root=synthetic_data / "site-1", cache_dir=tmp_path / "c", gpu_ids=[1, 2], available_gpus=3)
+    resources = json.loads((kit / "local" / "resources.json").read_text())
+    components = {c["id"]: c for c in resources["components"]}
+    manager, consumer = components["resource_manager"], components["resource_consumer"]
+    assert manager["path"] == "oncofl.site_gpus.SiteGPUResourceManager" and manager["args"]["gpu_ids"] == [1, 2]
+    assert consumer["path"] == "oncofl.site_gpus.SiteGPUConsumer"
+    built = SiteGPUResourceManager(**{**manager["args"], "ignore_host": True})  # no GPUs on this machine
+    assert sorted(built.resources) == [1, 2]
+    assert isinstance(SiteGPUConsumer(), SiteGPUConsumer)
+    config = load_site_config(kit / "local" / "oncofl_site.json", site_name="hospital-a")
+    problems, _ = check_gpus(resources, config)
+    assert not any("names" in p for p in problems)  # the kit and the site config agree
+    other = {**resources, "components": [{**manager, "args": {**manager["args"], "gpu_ids": [0]}}]}
+    problems, _ = check_gpus(other, config)
+    assert any("offers GPUs [0] to jobs but oncofl_site.json names [1, 2]" in p for p in problems)
 
 
 def test_preflight_names_a_tampered_startup_file(provisioned, tmp_path, synthetic_data):

@@ -166,10 +166,17 @@ def configure(
     path.write_text(json.dumps(config, indent=2) + "\n")
 
     resources = json.loads(_resources_file(kit / "local").read_text())
-    for component in resources.get("components", []):
-        if component.get("id") == "resource_manager":
-            component["args"]["num_of_gpus"] = len(gpu_ids)
-            component["args"]["mem_per_gpu_in_GiB"] = gpu_mem if gpu_ids else 0
+    for component in resources.get("components", []):  # FLARE's GPU manager offers the host's first N GPUs; ours
+        if component.get("id") == "resource_manager":  # offers the ones the site names (oncofl.site_gpus)
+            expiration = component.get("args", {}).get("expiration_period", 300)
+            component["path"] = "oncofl.site_gpus.SiteGPUResourceManager"
+            component["args"] = {
+                "gpu_ids": list(gpu_ids),
+                "mem_per_gpu_in_GiB": gpu_mem if gpu_ids else 0,
+                "expiration_period": expiration,
+            }
+        elif component.get("id") == "resource_consumer":
+            component["path"], component["args"] = "oncofl.site_gpus.SiteGPUConsumer", {}
     (kit / "local" / "resources.json").write_text(json.dumps(resources, indent=2) + "\n")
     return path
 
@@ -280,8 +287,14 @@ def check_privacy(local: Path, he_kit: bool = False) -> list[str]:
 def check_gpus(resources: dict, config) -> tuple[list[str], str]:
     """Problems with the GPUs the kit offers to jobs against those visible here; and the detail."""
     manager = next((c["args"] for c in resources.get("components", []) if c.get("id") == "resource_manager"), {})
-    promised, available = int(manager.get("num_of_gpus", 0)), visible_gpus()
+    offered = manager.get("gpu_ids")  # oncofl.site_gpus.SiteGPUResourceManager names them; FLARE's counts them
+    promised, available = (len(offered) if offered is not None else int(manager.get("num_of_gpus", 0))), visible_gpus()
     problems = []
+    if offered is not None and config is not None and sorted(offered) != sorted(config.gpu_ids):
+        problems.append(
+            f"resources.json offers GPUs {sorted(offered)} to jobs but oncofl_site.json names "
+            f"{sorted(config.gpu_ids)}; run `oncofl site configure --gpus ...`"
+        )
     if promised > available:
         problems.append(
             f"resources.json promises {promised} GPU(s), {available} visible: the client would "
