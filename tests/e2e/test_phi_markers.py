@@ -51,5 +51,5 @@ def test_no_marker_reaches_the_server_from_any_failure_kind(tmp_path):
     (report,) = [line for line in server_log.splitlines() if "site-2 failed task 'train'" in line]
     assert f"[site-2] {len(FAILURES)} case(s) could not be used" in report
     assert all(f"{items['site-2'][k]}, image:" in report for k in FAILURES)
-    assert "(PermissionError)" in report and "(ValueError)" in report
+    assert "(PermissionError)" in report and "(DicomReadError)" in report  # a foreign exception, and our reader's
     assert result.global_model.is_file()  # site-1 trained on its good cases

@@ -170,7 +170,10 @@ def test_site_with_unreadable_data_is_reported_and_the_others_finish(poc, tmp_pa
 
 
 def test_killed_client_drops_out_and_rejoins_after_restart(poc, tmp_path):
-    job_id = poc.submit(small_job(tmp_path, num_rounds=6, local_epochs=2), via="api")
+    # a dead site is only declared disconnected after the server's heart_beat_timeout (FLARE: 600 s) plus 60 s; until
+    # then a round waits for it, as for any live site, unless the job sets a round deadline: this one does
+    job = export(tmp_path / "jobs", num_rounds=6, local_epochs=2, dropout_timeout=30, round_deadline=120)
+    job_id = poc.submit(job, via="api")
     wait_for_round(poc, job_id, 1)
     killed = poc.kill("hospital-c")  # power cut: client, its job process and its supervisor loop
     assert killed
@@ -184,6 +187,8 @@ def test_killed_client_drops_out_and_rejoins_after_restart(poc, tmp_path):
     assert first[0]["contributed"] == list(SITES)
     dropped_at = [r["round"] for r in first if "hospital-c" in r["missing"]]
     assert dropped_at and all(set(r["contributed"]) == {"hospital-a", "hospital-b"} for r in first[1:])
+    # the ledger says why: the round closed at its deadline before FLARE declared the client disconnected
+    assert all(r["left_out"] == {"hospital-c": "timed out"} for r in first[1:])
     server_log = poc.job_file(chain[0], "log.txt").read_text()
     assert "no update from hospital-c" in server_log
     # the resumed job continues the round numbering and hospital-c is back from its first round on

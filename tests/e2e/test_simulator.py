@@ -159,7 +159,9 @@ def test_breast_wdbc_federated_learns_on_real_data(tmp_path):
         (
             "breast_mammo_cls",
             "synthetic_mammo",
-            {"image_size": 128, "small_network": True, "num_rounds": 8, "min_clients": 3},
+            # GroupNorm (issue 17) learns slower at 1e-3 on this small network: 0.58 -> 0.78 (best 0.72); at 2e-3
+            # 0.922, 0.923, 0.959 (best 0.935, 0.935, 0.931) in three runs; at 3e-3 0.74
+            {"image_size": 128, "small_network": True, "num_rounds": 8, "min_clients": 3, "learning_rate": 2e-3},
         ),
     ],
 )
@@ -286,7 +288,7 @@ def test_a_job_built_for_other_oncofl_code_is_refused_at_its_start(tmp_path):
 
 
 def test_a_slow_site_contributes_to_every_round_unless_the_job_sets_a_deadline(tmp_path):
-    """site-3 answers every round 90 s late (a drill: its results are held back). By default every round
+    """site-3 answers every round 60 s late (a drill: its results are held back). By default every round
     waits for it; with a 40 s round deadline it is left out of every round, and the ledger says it timed out."""
     from concurrent.futures import ThreadPoolExecutor
 
@@ -294,7 +296,7 @@ def test_a_slow_site_contributes_to_every_round_unless_the_job_sets_a_deadline(t
     from oncofl.jobs import breast_wdbc
 
     data = wdbc.generate(tmp_path / "data", seed=0)
-    slow = {"sites": ["site-3"], "delay_s": 90.0}
+    slow = {"sites": ["site-3"], "delay_s": 60.0}
 
     def run(name, options):
         job = breast_wdbc.export(tmp_path / name / "jobs", num_rounds=2, fault=slow, **options)
