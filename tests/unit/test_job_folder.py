@@ -157,16 +157,13 @@ def test_a_filter_chain_that_would_never_run_is_refused(tmp_path):
     from oncofl.jobs.builder import _check_client_filters
 
     config = json.loads((JOB / "app/config/config_fed_client.json").read_text())
-    _check_client_filters(JOB / "app/config/config_fed_client.json")  # the committed job passes
-    bad = tmp_path / "config_fed_client.json"
+    _check_client_filters(config)  # the committed job passes
     wildcard = {**config, "task_result_filters": [{**config["task_result_filters"][0], "tasks": ["*"]}]}
-    bad.write_text(json.dumps(wildcard))
     with pytest.raises(RuntimeError, match="no task wildcard"):
-        _check_client_filters(bad)
+        _check_client_filters(wildcard)
     partial = {**config, "task_result_filters": [{**config["task_result_filters"][0], "tasks": ["train"]}]}
-    bad.write_text(json.dumps(partial))
     with pytest.raises(RuntimeError, match=r"\['submit_model', 'validate'\].*without PHIGuardFilter"):
-        _check_client_filters(bad)
+        _check_client_filters(partial)
 
 
 def test_unknown_algorithm_and_options_are_refused(tmp_path):

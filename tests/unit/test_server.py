@@ -52,3 +52,28 @@ def test_best_model_selection_leaves_out_the_score_of_a_rejected_site():
 def test_with_another_aggregator_the_sites_it_refused_are_left_out():
     assert _round(None, refused_at_accept="site-3").best_val_metric == pytest.approx(0.7)
     assert _round(None).best_val_metric == pytest.approx(0.8)
+
+
+def test_the_ledger_says_why_a_site_is_missing():
+    """failed (an error reply to train), dropped (FLARE declared it disconnected), else timed out. The end-to-end
+    tests see 'failed' (unreadable DICOM) and 'timed out' (a round deadline); FLARE's 600 s heartbeat timeout makes
+    'dropped' too slow to reach there, so its event is fired here as FLARE fires it."""
+    from nvflare.apis.event_type import EventType
+    from nvflare.apis.fl_constant import ReturnCode
+    from nvflare.apis.shareable import ReservedHeaderKey, make_reply
+
+    from oncofl.server import ParticipationMonitor
+
+    monitor = ParticipationMonitor()
+    monitor._current = {"round": 0, "expected": ["site-1", "site-2", "site-3"], "contributed": []}
+    ctx = FLContext()
+    ctx.set_prop(FLContextKey.DISCONNECTED_CLIENT_NAME, "site-3", private=True, sticky=False)
+    monitor.handle_event(EventType.CLIENT_DISCONNECTED, ctx)
+    error = make_reply(ReturnCode.EXECUTION_EXCEPTION)
+    error.set_header(ReservedHeaderKey.TASK_NAME, AppConstants.TASK_TRAIN)
+    peer = FLContext()
+    peer.set_prop(ReservedKey.IDENTITY_NAME, "site-2", private=False)
+    ctx.set_peer_context(peer)
+    ctx.set_prop(FLContextKey.TASK_RESULT, error, private=True, sticky=False)
+    monitor.handle_event(EventType.BEFORE_PROCESS_SUBMISSION, ctx)
+    assert [monitor._why_missing(s) for s in ("site-1", "site-2", "site-3")] == ["timed out", "failed", "dropped"]

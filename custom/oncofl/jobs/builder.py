@@ -380,7 +380,16 @@ def export(job: FedJob, out_dir: str | Path, *, ship_code: bool = False) -> Path
     # every round and every cross-site task; scripts/fl_overhead.py measures it)
     config["server"] = {"task_request_interval": TASK_REQUEST_INTERVAL}
     server_config.write_text(json.dumps(config, indent=4) + "\n")
-    _check_client_filters(job_dir / "app" / "config" / "config_fed_client.json")
+    client_file = job_dir / "app" / "config" / "config_fed_client.json"
+    client = json.loads(client_file.read_text())
+    for chain in client.get("task_result_filters", []) + client.get("task_data_filters", []):
+        chain["tasks"] = sorted(chain.get("tasks", []))  # FedJob keeps them in a set: one order in every export
+    try:
+        _check_client_filters(client)
+    except RuntimeError:
+        shutil.rmtree(job_dir)  # no job folder is left behind that would send results past the gate
+        raise
+    client_file.write_text(json.dumps(client, indent=4) + "\n")
     custom = job_dir / "app" / "custom"
     if custom.exists():  # FedJob copies nothing of an app package; anything else here would be code shipped by accident
         raise RuntimeError(f"job export put code into {custom}: {sorted(p.name for p in custom.rglob('*.py'))}")
@@ -390,17 +399,13 @@ def export(job: FedJob, out_dir: str | Path, *, ship_code: bool = False) -> Path
     return job_dir
 
 
-def _check_client_filters(config_file: Path) -> None:
-    """Refuse to write a job whose sites would send any result past the PHI gate: FLARE matches filter chains by
+def _check_client_filters(config: dict) -> None:
+    """Refuse a client config whose sites would send any result past the PHI gate: FLARE matches filter chains by
     exact task name, so a chain for ``*`` (or a task left out) silently never runs."""
-    config = json.loads(config_file.read_text())
-    for chain in config.get("task_result_filters", []) + config.get("task_data_filters", []):
-        chain["tasks"] = sorted(chain.get("tasks", []))  # FedJob keeps them in a set: one order in every export
-    config_file.write_text(json.dumps(config, indent=4) + "\n")
-    guarded: set[str] = set()
     for chain in config.get("task_result_filters", []) + config.get("task_data_filters", []):
         if any("*" in t for t in chain.get("tasks", [])):
             raise RuntimeError(f"a filter chain names tasks {chain['tasks']}: FLARE 2.9 has no task wildcard")
+    guarded: set[str] = set()
     for chain in config.get("task_result_filters", []):
         if any(f.get("path") == f"{PHIGuardFilter.__module__}.PHIGuardFilter" for f in chain.get("filters", [])):
             guarded |= set(chain.get("tasks", []))
