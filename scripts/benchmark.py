@@ -34,7 +34,7 @@ import numpy as np
 import torch
 
 from oncofl.data import load_split, read_datalist
-from oncofl.engine import DeviceData, Trainer, _autocast
+from oncofl.engine import DeviceData, Trainer, autocast
 from oncofl.jobs import definition
 from oncofl.simulate import TASK_DATA, executor_args
 from oncofl.site_config import load_site_config
@@ -141,7 +141,7 @@ def benchmark_task(
     def compute_only():
         for _ in range(steps):
             optimizer.zero_grad(set_to_none=True)
-            with _autocast(device, trainer.dtype):
+            with autocast(device, trainer.dtype):
                 loss = loss_fn(model(x), y)
             trainer.scaler.scale(loss).backward()
             trainer.scaler.step(optimizer)

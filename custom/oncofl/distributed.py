@@ -16,6 +16,7 @@ import tempfile
 import traceback
 import uuid
 from collections.abc import Callable
+from dataclasses import dataclass
 from datetime import timedelta
 from pathlib import Path
 from typing import Any
@@ -25,7 +26,8 @@ import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
 
-from .engine import DeviceData, RoundStats, Trainer
+from .engine import DeviceData, RoundInfo, RoundStats, Trainer
+from .site.settings import TrainSettings
 
 TIMEOUT = timedelta(minutes=30)  # a collective waits this long for a rank (a whole local round can be long)
 
@@ -39,19 +41,36 @@ def site_devices(gpu_ids: tuple[int, ...], cpu_processes: int = 1) -> list[torch
     return []  # one device: no process group
 
 
+@dataclass(frozen=True)
+class _HelperSpec:
+    """What a helper rank is started with (pickled to the spawned process)."""
+
+    rank: int
+    world: int
+    backend: str
+    init_file: str
+    device: str
+    settings: TrainSettings
+    data_paths: tuple[str, str]
+
+
 class SiteGroup:
-    """The helper ranks of one site and the process group that joins them to the executor's process."""
+    """The helper ranks of one site and the process group that joins them to the executor's process.
+
+    Args:
+        devices: one per rank; rank 0 (this process) trains on ``devices[0]``.
+        settings: the job's training settings (every rank builds the same trainer and hooks from them).
+        images: the training split, handed to the helper ranks once (through ``workdir``).
+        labels: its labels.
+        workdir: local folder for the group's rendezvous and data files (removed files at ``close``).
+    """
 
     def __init__(
         self,
         devices: list[torch.device],
         *,
-        task: str,
-        learning_rate: float,
-        seed: int,
-        network: dict[str, Any] | None,
+        settings: TrainSettings,
         images: np.ndarray,
-        trainer_options: dict[str, Any] | None = None,
         labels: np.ndarray,
         workdir: Path | None = None,
     ) -> None:
@@ -72,26 +91,13 @@ class SiteGroup:
         ctx = mp.get_context("spawn")  # CUDA cannot be forked; spawned children get this process's sys.path
         self.conns, self.procs = [], []
         for rank in range(1, self.world):
+            spec = _HelperSpec(
+                rank, self.world, self.backend, str(init_file), str(devices[rank]), settings,
+                (str(data_paths[0]), str(data_paths[1])),
+            )  # fmt: skip
             parent, child = ctx.Pipe()
-            proc = ctx.Process(
-                target=_helper_main,
-                args=(
-                    rank,
-                    self.world,
-                    self.backend,
-                    str(init_file),
-                    str(devices[rank]),
-                    task,
-                    learning_rate,
-                    seed,
-                    network,
-                    trainer_options or {},
-                    [str(p) for p in data_paths],
-                    child,
-                ),
-                daemon=True,  # ends with the job process, whatever happens to it
-                name=f"oncofl-ddp-rank{rank}",
-            )
+            # daemon: ends with the job process, whatever happens to it
+            proc = ctx.Process(target=_helper_main, args=(spec, child), daemon=True, name=f"oncofl-ddp-rank{rank}")
             proc.start()
             child.close()
             self.conns.append(parent)
@@ -110,20 +116,20 @@ class SiteGroup:
         epochs: int,
         batch_size: int,
         should_abort: Callable[[], bool],
+        info: RoundInfo | None = None,
         learning_rate: float | None = None,
-        reset_optimizer: bool = False,
     ) -> RoundStats:
         """One local round on every rank; returns rank 0's stats (steps counted as single-process steps)."""
         for conn in self.conns:
-            conn.send(("train", epochs, batch_size, learning_rate, reset_optimizer))
+            conn.send(("train", epochs, batch_size, info, learning_rate))
         try:
             stats = trainer.train(
                 data,
                 epochs=epochs,
                 batch_size=batch_size,
                 should_abort=should_abort,
+                info=info,
                 learning_rate=learning_rate,
-                reset_optimizer=reset_optimizer,
             )
         finally:
             replies = [self._reply(rank, conn) for rank, conn in enumerate(self.conns, start=1)]
@@ -156,39 +162,40 @@ class SiteGroup:
             Path(path).unlink(missing_ok=True)
 
 
-def _helper_main(
-    rank, world, backend, init_file, device, task, learning_rate, seed, network, trainer_options, data_paths, conn
-):
+def _helper_main(spec: _HelperSpec, conn) -> None:
     """A helper rank: joins the group, keeps the training split on its device, trains when rank 0 does."""
+    from .site.hooks import site_hooks
     from .tasks import get_task
 
-    device = torch.device(device)
+    device = torch.device(spec.device)
     if device.type == "cuda":
         torch.cuda.set_device(device)
     else:
-        torch.set_num_threads(max(1, (os.cpu_count() or 1) // world))
-    dist.init_process_group(backend, init_method=f"file://{init_file}", rank=rank, world_size=world, timeout=TIMEOUT)
+        torch.set_num_threads(max(1, (os.cpu_count() or 1) // spec.world))
+    dist.init_process_group(
+        spec.backend, init_method=f"file://{spec.init_file}", rank=spec.rank, world_size=spec.world, timeout=TIMEOUT
+    )
     try:
-        data = DeviceData.from_numpy(np.load(data_paths[0]), np.load(data_paths[1]), device)
+        data = DeviceData.from_numpy(np.load(spec.data_paths[0]), np.load(spec.data_paths[1]), device)
+        settings, task = spec.settings, get_task(spec.settings.task)
+        hooks = site_hooks(settings, task.local_state, len(data))
         trainer = Trainer(
-            get_task(task), device, learning_rate=learning_rate, seed=seed, network=network, **trainer_options
+            task,
+            device,
+            learning_rate=settings.learning_rate,
+            seed=settings.seed,
+            network=settings.network,
+            hooks=hooks,
         )
-        while True:
-            command = conn.recv()
-            if command[0] == "stop":
-                break
-            _, epochs, batch_size, learning_rate, reset_optimizer = command
+        while (command := conn.recv())[0] != "stop":
+            _, epochs, batch_size, info, learning_rate = command
             try:
                 stats = trainer.train(
-                    data,
-                    epochs=epochs,
-                    batch_size=batch_size,
-                    learning_rate=learning_rate,
-                    reset_optimizer=reset_optimizer,
+                    data, epochs=epochs, batch_size=batch_size, info=info, learning_rate=learning_rate
                 )
                 conn.send(("done", stats.steps))
             except Exception:
-                conn.send(("error", f"rank {rank}: {traceback.format_exc(limit=3)}"))
+                conn.send(("error", f"rank {spec.rank}: {traceback.format_exc(limit=3)}"))
     except EOFError:  # rank 0 went away
         pass
     finally:

@@ -3,16 +3,15 @@
 from __future__ import annotations
 
 import contextlib
-import copy
 import math
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 import torch
 
-from .algorithms import DPSettings, PrivacyLedger
+from .algorithms import PrivacyLedger
 from .errors import JobError, SiteConfigError, known
 from .tasks import TASK_NAMES, TaskSpec
 
@@ -54,7 +53,7 @@ def amp_dtype(device: torch.device) -> torch.dtype | None:
     return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
 
 
-def _autocast(device: torch.device, dtype: torch.dtype | None) -> contextlib.AbstractContextManager:
+def autocast(device: torch.device, dtype: torch.dtype | None) -> contextlib.AbstractContextManager:
     if dtype is None:
         return contextlib.nullcontext()
     return torch.autocast(device_type=device.type, dtype=dtype)
@@ -108,6 +107,14 @@ class DeviceData:
             yield self.images[idx], self.labels[idx]
 
 
+@dataclass(frozen=True)
+class RoundInfo:
+    """Where a round stands in its job: ``index`` (0-based) of ``num_rounds``."""
+
+    index: int = 0
+    num_rounds: int = 1
+
+
 @dataclass
 class RoundStats:
     steps: int
@@ -116,7 +123,17 @@ class RoundStats:
 
 
 class Trainer:
-    """Holds the model, optimizer and AMP state of one site across rounds."""
+    """Holds the model, optimizer and AMP state of one site across rounds; the job's algorithms act through
+    ``hooks`` (:class:`oncofl.site.hooks.SiteHook`).
+
+    Args:
+        task: the task (network, loss, augmentation, metric).
+        device: where the model and the batches live.
+        learning_rate: Adam's initial learning rate (a schedule hook may set each round's).
+        seed: the shuffling and augmentation seed.
+        network: arguments of the task's network builder.
+        hooks: the job's site-side algorithm hooks, in the order they run.
+    """
 
     def __init__(
         self,
@@ -126,12 +143,9 @@ class Trainer:
         learning_rate: float,
         seed: int,
         network: dict[str, Any] | None = None,
-        proximal_mu: float = 0.0,
+        hooks: Sequence[Any] = (),
     ) -> None:
-        if proximal_mu < 0:
-            raise ValueError(f"proximal_mu must be >= 0, got {proximal_mu}")
         self.task = task
-        self.proximal_mu = proximal_mu  # FedProx: mu/2 ||w - w_global||^2 added to the local loss
         self.device = device
         self.channels_last = task.channels_last and device.type == "cuda"
         self.model = task.build_network(**(network or {})).to(device)
@@ -146,33 +160,30 @@ class Trainer:
         self.generator.manual_seed(seed)
         self._ddp: torch.nn.Module | None = None  # multi-device sites: built at the first distributed round
         self._aug_generator: torch.Generator | None = None
-        self._scaffold = None  # SCAFFOLD: FLARE's PTScaffoldHelper, made at the first SCAFFOLD round
-        self.scaffold_delta: dict[str, np.ndarray] | None = None  # this round's control update, to send
-        self.privacy: PrivacyLedger | None = None  # DP-SGD: set by enable_dp()
-        self._dp_model: torch.nn.Module | None = None
+        self.train_model: torch.nn.Module | None = None  # a hook's wrapper of the model for training (DP-SGD)
+        self.privacy: PrivacyLedger | None = None  # DP-SGD's ledger, set by its hook
+        self.hooks: list[Any] = []
+        self.attach_notes = [note for hook in hooks if (note := self.add_hook(hook))]
         if device.type == "cuda":
             torch.backends.cudnn.benchmark = True
 
-    def enable_dp(self, settings: DPSettings, n_samples: int, batch_size: int, epochs_per_round: int) -> None:
-        """Train with sample-level DP-SGD (Opacus) from now on; the ledger accounts every noisy step."""
-        from opacus import GradSampleModule
-        from opacus.optimizers import DPOptimizer
+    def add_hook(self, hook: Any) -> str:
+        """Add an algorithm hook; returns its line for the site's log."""
+        self.hooks.append(hook)
+        return hook.attach(self)
 
-        if self.has_batchnorm:
-            raise ValueError(
-                f"the '{self.task.name}' network has BatchNorm, which mixes samples and breaks per-sample DP: "
-                "use a network with GroupNorm/InstanceNorm for DP-SGD"
-            )
-        self.privacy = PrivacyLedger(settings, n_samples, batch_size, epochs_per_round)
-        self._dp_model = GradSampleModule(self.model)  # hooks on self.model's layers; state-dict names unchanged
-        self.optimizer = DPOptimizer(
-            self.optimizer,
-            noise_multiplier=self.privacy.noise_multiplier,
-            max_grad_norm=settings.max_grad_norm,
-            expected_batch_size=batch_size,
-        )
-        self.dtype = None  # full precision: per-sample clipping on fp32 gradients
+    def full_precision(self) -> None:
+        """No autocast from now on (DP-SGD clips per-sample fp32 gradients)."""
+        self.dtype = None
         self.scaler = torch.amp.GradScaler("cuda", enabled=False)
+
+    def set_learning_rate(self, learning_rate: float) -> None:
+        """The rate the optimizer uses until it is set again."""
+        for group in self.optimizer.param_groups:
+            group["lr"] = float(learning_rate)
+
+    def learning_rate(self) -> float:
+        return float(self.optimizer.param_groups[0]["lr"])
 
     def load_state(self, weights: dict[str, np.ndarray], local: dict[str, np.ndarray] | None = None) -> None:
         """Load global weights; names and shapes must match this task's network exactly. ``local`` (FedBN: this
@@ -210,72 +221,31 @@ class Trainer:
         epochs: int,
         batch_size: int,
         should_abort: Callable[[], bool] = lambda: False,
-        scaffold_controls: dict[str, np.ndarray] | None = None,
+        info: RoundInfo | None = None,
         learning_rate: float | None = None,
-        reset_optimizer: bool = False,
     ) -> RoundStats:
-        """``epochs`` local epochs. ``scaffold_controls``: the server's SCAFFOLD control variates (SCAFFOLD rounds);
-        the control update to send back is left in :attr:`scaffold_delta`. ``learning_rate``: this round's (a
-        schedule's value; the optimizer keeps it until the next call sets another). ``reset_optimizer``: start the
-        round with fresh optimizer state (Adam's moments and step count), not the state this site's own previous
-        round left behind, which points the way its local model went, not the new global model."""
-        if reset_optimizer:
-            self.optimizer.state.clear()
+        """``epochs`` local epochs of round ``info`` (the hooks act on it).
+        ``learning_rate``: this call's rate, for training without a schedule hook (the optimizer keeps it)."""
         if learning_rate is not None:
-            for group in self.optimizer.param_groups:
-                group["lr"] = float(learning_rate)
+            self.set_learning_rate(learning_rate)
         world, rank = _world()
         distributed = _distributed()  # a process group of any size, one rank included: DDP and its collectives
         if distributed:
-            if scaffold_controls is not None or self.privacy is not None:
+            if any(h.single_device for h in self.hooks):
                 raise ValueError("SCAFFOLD and DP-SGD run on one device per site; this site is configured with several")
             self._sync_from_rank0()  # rank 0 loaded this round's global weights
-        if self.task.prepare is not None and self.privacy is None:  # under DP nothing is computed outside DP-SGD
+        if self.task.prepare is not None and all(h.allows_task_prepare for h in self.hooks):
             self.task.prepare(self.model, data.images)
-        reference = None  # the global model of this round, for FedProx's penalty and SCAFFOLD's control update
-        if self.proximal_mu > 0 or scaffold_controls is not None:
-            reference = copy.deepcopy(self.model).eval().requires_grad_(False)
-        prox = None
-        if self.proximal_mu > 0:
-            from nvflare.app_opt.pt.fedproxloss import PTFedProxLoss
-
-            prox = PTFedProxLoss(mu=self.proximal_mu)
-        controls = self._start_scaffold(scaffold_controls) if scaffold_controls is not None else None
-        model = self._ddp_model() if distributed else (self._dp_model or self.model)
-        augment_generator = self.generator if world == 1 else self._rank_generator(rank)
+        info = info or RoundInfo()
+        for hook in self.hooks:
+            hook.start_round(self, info)
+        model = self._ddp_model() if distributed else (self.train_model or self.model)
         model.train()
-        steps = 0
-        # the loss is summed on the device and read once per round: a read per step would make the host wait for
-        # the device at every step, and the next step's launches could not queue behind the running one
-        total = torch.zeros((), dtype=torch.float64, device=self.device)
-        for _ in range(epochs):
-            for images, labels in self._epoch_batches(data, batch_size, world, rank):
-                if self.has_batchnorm and len(images) < 2 <= len(data):
-                    continue  # a lone last sample (reshuffled next epoch): BatchNorm cannot train on one
-                if self._abort_requested(should_abort, distributed):
-                    return RoundStats(steps * world, float(total) / max(steps, 1), aborted=True)
-                if self.privacy is not None:
-                    self.privacy.step()  # every Poisson-sampled step is accounted, even an empty one
-                    if len(images) == 0:
-                        continue
-                images, labels = self.task.augment(images, labels, augment_generator)
-                if self.channels_last:
-                    images = images.contiguous(memory_format=torch.channels_last)
-                self.optimizer.zero_grad(set_to_none=True)
-                with _autocast(self.device, self.dtype):
-                    loss = self.loss_fn(model(images), labels)
-                total += loss.detach().to(torch.float64)
-                if prox is not None:
-                    loss = loss + prox(self.model, reference)
-                self.scaler.scale(loss).backward()  # DDP averages the gradients of all ranks here
-                self.scaler.step(self.optimizer)
-                self.scaler.update()
-                if controls is not None:
-                    self._scaffold.model_update(self.model, self._lr(), *controls)
-                steps += 1
-        if controls is not None and steps:
-            self._scaffold.terms_update(self.model, self._lr(), *controls, reference)
-            self.scaffold_delta = {k: np.asarray(v) for k, v in self._scaffold.get_delta_controls().items()}
+        steps, total, aborted = self._epochs(model, data, epochs, batch_size, should_abort, world, rank, distributed)
+        if aborted:
+            return RoundStats(steps * world, float(total) / max(steps, 1), aborted=True)
+        for hook in self.hooks:
+            hook.end_round(self, steps)
         mean = float(total) / max(steps, 1)
         if distributed:  # the mean loss over every rank, so all ranks agree (and raise) together
             summed = torch.tensor([mean], dtype=torch.float64, device=self._comm_device())
@@ -287,32 +257,49 @@ class Trainer:
             )
         return RoundStats(steps * world, mean)  # steps as one process would count them (batch world x B)
 
+    def _epochs(self, model, data, epochs, batch_size, should_abort, world, rank, distributed):
+        """The training loop: (steps, summed loss, aborted)."""
+        augment_generator = self.generator if world == 1 else self._rank_generator(rank)
+        steps = 0
+        # the loss is summed on the device and read once per round: a read per step would make the host wait for
+        # the device at every step, and the next step's launches could not queue behind the running one
+        total = torch.zeros((), dtype=torch.float64, device=self.device)
+        for _ in range(epochs):
+            for images, labels in self._epoch_batches(data, batch_size, world, rank):
+                if self.has_batchnorm and len(images) < 2 <= len(data):
+                    continue  # a lone last sample (reshuffled next epoch): BatchNorm cannot train on one
+                if self._abort_requested(should_abort, distributed):
+                    return steps, total, True
+                images, labels = self.task.augment(images, labels, augment_generator)
+                if self.channels_last:
+                    images = images.contiguous(memory_format=torch.channels_last)
+                self.optimizer.zero_grad(set_to_none=True)
+                with autocast(self.device, self.dtype):
+                    loss = self.loss_fn(model(images), labels)
+                total += loss.detach().to(torch.float64)
+                for hook in self.hooks:
+                    if (term := hook.extra_loss(self)) is not None:
+                        loss = loss + term
+                self.scaler.scale(loss).backward()  # DDP averages the gradients of all ranks here
+                self.scaler.step(self.optimizer)
+                self.scaler.update()
+                for hook in self.hooks:
+                    hook.after_step(self)
+                steps += 1
+        return steps, total, False
+
     def _epoch_batches(
         self, data: DeviceData, batch_size: int, world: int, rank: int
     ) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-        if self.privacy is not None:  # DP-SGD: Poisson sampling, each case in each step with probability q
-            for _ in range(self.privacy.steps_per_epoch):
-                mask = torch.rand(len(data), generator=self.generator, device=self.device) < self.privacy.sample_rate
-                idx = mask.nonzero().view(-1)
-                yield data.images[idx], data.labels[idx]
-            return
+        for hook in self.hooks:  # a hook's own sampling (DP-SGD's Poisson sampling)
+            if (batches := hook.batches(self, data, batch_size)) is not None:
+                yield from batches
+                return
         order = torch.randperm(len(data), generator=self.generator, device=self.device)  # the same on every rank
         if world > 1:  # rank r takes positions r, r + world, ...: one shared order, equal shards (padded)
             padded = -(-len(order) // world) * world
             order = torch.cat([order, order[: padded - len(order)]])[rank::world]
         yield from data.batches(batch_size, order)
-
-    def _lr(self) -> float:
-        return float(self.optimizer.param_groups[0]["lr"])
-
-    def _start_scaffold(self, controls: dict[str, np.ndarray]) -> tuple[dict, dict]:
-        from nvflare.app_opt.pt.scaffold import PTScaffoldHelper
-
-        if self._scaffold is None:
-            self._scaffold = PTScaffoldHelper()
-            self._scaffold.init(self.model)
-        self._scaffold.load_global_controls(controls)
-        return self._scaffold.get_params()
 
     # -- multi-device sites (oncofl.distributed) ----------------------------------------------------------------
     def _comm_device(self) -> torch.device:
@@ -350,7 +337,7 @@ class Trainer:
         self.model.eval()
         outputs = []
         for images, _ in data.batches(batch_size):
-            with _autocast(self.device, self.dtype):
+            with autocast(self.device, self.dtype):
                 outputs.append(self.model(images).float())
         return torch.cat(outputs)
 

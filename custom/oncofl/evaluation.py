@@ -8,8 +8,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from .data import load_split, read_datalist
-from .engine import DeviceData, Trainer, resolve_device
+from .engine import DeviceData, resolve_device
+from .site.runtime import build_trainer, load_splits
+from .site.settings import TrainSettings
 from .site_config import SiteConfig
 from .tasks import get_task
 
@@ -38,9 +39,9 @@ def holdout_metric(
         cache_dir=Path(cache_dir) if cache_dir else data_root / ".oncofl_cache",
         site_name="holdout",
     )
-    split_data = load_split(read_datalist(config, splits=(split,))[split], spec, spec.params(params), config)
+    split_data = load_splits(config, spec, spec.params(params), splits=(split,))[split]
     device = resolve_device()
-    trainer = Trainer(spec, device, learning_rate=1e-3, seed=0, network=network)
+    trainer = build_trainer(spec, device, TrainSettings(task=task, network=network))
     if checkpoint is not None:
         trainer.load_state(load_checkpoint(checkpoint))
     data = DeviceData.from_numpy(split_data.images, split_data.labels, device)

@@ -19,7 +19,7 @@ from nvflare.app_common.widgets.intime_model_selector import IntimeModelSelector
 from nvflare.app_common.workflows.scatter_and_gather import ScatterAndGather
 
 from .aggregation import AGGREGATED_PROP
-from .executor import ERROR_HEADER
+from .constants import ERROR_HEADER
 
 
 def aggregated_sites(fl_ctx: FLContext) -> dict | None:

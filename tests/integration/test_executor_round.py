@@ -19,6 +19,8 @@ from oncofl.site_config import ENV_VAR
 from oncofl.tasks.prostate_seg import ProstateSegNet
 from tests.conftest import make_site
 
+DP = {"epsilon_budget": 8.0, "noise_multiplier": 1.0}
+
 
 def fl_context(site: str) -> FLContext:
     ctx = FLContext()
@@ -231,3 +233,20 @@ def test_an_unexpected_exception_is_named_by_its_type_only(tmp_path, monkeypatch
     )
     message = result.get_header(ERROR_HEADER)
     assert message == "[site-1] task 'train' failed with OSError. Fix: see this site's local log for the full traceback"
+
+
+@pytest.mark.parametrize(("options", "name"), [({"algorithm": "scaffold"}, "SCAFFOLD"), ({"dp": DP}, "DP-SGD")])
+def test_a_one_device_algorithm_on_a_multi_device_site_is_refused_with_the_fix(tmp_path, monkeypatch, options, name):
+    """SCAFFOLD and DP-SGD train on one device per site: a site configured for several says so before training, and
+    starts no helper rank."""
+    config = make_site(tmp_path, n_cases=4, cpu_processes=2)
+    monkeypatch.setenv(ENV_VAR, str(config))
+    executor = OncoFLExecutor(local_epochs=1, batch_size=2, **options)
+    executor.bind_site("site-1", tmp_path / "workspace", tmp_path / "app")
+    try:
+        reply = executor.execute("train", global_model_task()[0], fl_context("site-1"), Signal())
+        message = reply.get_header(ERROR_HEADER)
+        assert f"this job uses {name}, which trains on one device per site" in message
+        assert '"cpu_processes": 1' in message and executor._group is None
+    finally:
+        executor.close()

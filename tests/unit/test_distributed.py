@@ -9,6 +9,7 @@ import torch
 
 from oncofl.distributed import SiteGroup, site_devices
 from oncofl.engine import DeviceData, Trainer
+from oncofl.site.settings import TrainSettings
 from oncofl.tasks import get_task
 
 TASK = "breast_wdbc"  # an MLP with a per-sample mean loss and no augmentation: the equivalence is exact
@@ -39,9 +40,8 @@ def test_two_gloo_ranks_train_like_one_process_with_double_batch(tmp_path):
     single.load_state(initial_weights())
     single_stats = single.train(DeviceData.from_numpy(x, y, cpu), epochs=3, batch_size=16)
 
-    group = SiteGroup(
-        [cpu, cpu], task=TASK, learning_rate=1e-2, seed=7, network=None, images=x, labels=y, workdir=tmp_path
-    )
+    settings = TrainSettings(task=TASK, learning_rate=1e-2, seed=7)
+    group = SiteGroup([cpu, cpu], settings=settings, images=x, labels=y, workdir=tmp_path)
     try:
         rank0 = Trainer(get_task(TASK), cpu, learning_rate=1e-2, seed=7)
         rank0.load_state(initial_weights())
@@ -82,7 +82,8 @@ def test_one_nccl_rank_on_a_gpu_trains_like_one_process(tmp_path):
     single.load_state(initial_weights())
     single_stats = single.train(DeviceData.from_numpy(x, y, gpu), epochs=3, batch_size=8)
 
-    group = SiteGroup([gpu], task=TASK, learning_rate=1e-2, seed=7, network=None, images=x, labels=y, workdir=tmp_path)
+    settings = TrainSettings(task=TASK, learning_rate=1e-2, seed=7)
+    group = SiteGroup([gpu], settings=settings, images=x, labels=y, workdir=tmp_path)
     try:
         assert group.world == 1 and group.backend == "nccl" and not group.procs
         assert torch.distributed.get_backend() == "nccl"

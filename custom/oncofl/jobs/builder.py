@@ -32,6 +32,7 @@ import inspect
 import json
 import shutil
 from collections.abc import Callable
+from dataclasses import fields
 from pathlib import Path
 from typing import Any
 
@@ -59,6 +60,7 @@ from nvflare.job_config.defs import FilterType
 
 from oncofl.aggregation import RobustAggregator
 from oncofl.algorithms import ALGORITHMS, fedbn_refusal
+from oncofl.constants import CLIENT_TASKS
 from oncofl.executor import OncoFLExecutor
 from oncofl.faults import UpdateFaultFilter
 from oncofl.privacy import PHIGuardFilter
@@ -69,12 +71,12 @@ from oncofl.server import (
     PrivacyBudgetScatterAndGather,
     SiteErrorReporter,
 )
+from oncofl.site.settings import TrainSettings
 from oncofl.tasks import DEFAULT_INIT_SEED, get_task
 
 PACKAGE = Path(__file__).resolve().parents[1]  # the installed oncofl package
-# every task a site's executor answers. FLARE 2.9 files a job's filters under each task name as written and looks
-# them up by the exact name ("*" is not a wildcard there), so filters that must see every result name these
-CLIENT_TASKS = ("train", "validate", "submit_model")
+# CLIENT_TASKS: every task a site's executor answers. FLARE 2.9 files a job's filters under each task name as written
+# and looks them up by the exact name ("*" is not a wildcard there), so filters that must see every result name these
 TASK_REQUEST_INTERVAL = 0.5  # seconds; see export()
 # provisioned sites run HE jobs under this privacy.json scope: their guard cannot measure the norm of an update that
 # started from an encrypted global model (see oncofl.privacy.SiteUpdateGuard); the other checks stay
@@ -99,6 +101,7 @@ ALGORITHM_OPTIONS: dict[str, Any] = {
     "he": False,  # homomorphic encryption (CKKS): the server aggregates ciphertexts; needs HE-provisioned kits
     "lr_schedule": "constant",  # the sites' learning rate over the rounds: "constant" or "cosine" (to ~0 at the end)
     "optimizer_state": "keep",  # the sites' Adam state: "keep" (carried across rounds) or "reset" (fresh each round)
+    "weight_decay": 0.0,  # the sites' decoupled weight decay (AdamW); 0: none
     "init_seed": DEFAULT_INIT_SEED,  # the initial weights: every run of a job starts from the same model
     # seconds after a round starts at which it closes without the sites that have not answered (recorded as timed
     # out in participation.json); 0: a round waits for every site that is alive, however slow
@@ -135,25 +138,87 @@ def build_fedavg_job(
     fault: dict[str, Any] | None = None,
     **options: Any,
 ) -> FedJob:
-    """One job for one task of :mod:`oncofl.tasks`; the server's model is the task's network. ``options``: see
-    :data:`ALGORITHM_OPTIONS`. ``fault``: arguments of :class:`oncofl.faults.UpdateFaultFilter` (drills only)."""
+    """One job for one task of :mod:`oncofl.tasks`; the server's model is the task's network.
+
+    Args:
+        name: the job's name (its folder).
+        task: the :mod:`oncofl.tasks` name.
+        num_rounds: federated rounds.
+        local_epochs: each site's epochs per round.
+        batch_size: each site's batch size.
+        learning_rate: each site's base learning rate.
+        min_clients: sites a round needs.
+        preprocess: overrides of the task's preprocessing parameters.
+        network: arguments of the task's network builder.
+        train_timeout: seconds FLARE waits for a site's update (0: no limit; ``round_deadline`` sets both).
+        submit_model_timeout: cross-site evaluation: seconds to wait for a site's local model.
+        validation_timeout: cross-site evaluation: seconds to wait for a site's scores.
+        fault: arguments of :class:`oncofl.faults.UpdateFaultFilter` (drills only).
+        options: see :data:`ALGORITHM_OPTIONS`.
+    """
+    opts = _job_options(options)
+    if opts["init_seed"] != DEFAULT_INIT_SEED:
+        network = {**(network or {}), "init_seed": int(opts["init_seed"])}
+    dp = _dp_settings(opts, num_rounds)
+    spec = get_task(task)
+    if opts["algorithm"] == "fedbn" and (
+        refusal := fedbn_refusal(spec.build_network(**(network or {})), spec.local_state)
+    ):
+        raise ValueError(f"task '{task}': {refusal}")
+    job = _new_job(name, min_clients, opts)
+    job.to_server(spec.build_network(**(network or {})), id="model")
+    _add_server(job, spec.key_metric, opts)
+    workflow = _scatter_and_gather(opts, dp, train_timeout, min_clients=min_clients, num_rounds=num_rounds)
+    job.to_server(workflow, id="scatter_and_gather")
+    job.to_server(_cross_site_eval(bool(opts["he"]), submit_model_timeout, validation_timeout), id="cross_site_eval")
+    site = dict(task=task, local_epochs=local_epochs, batch_size=batch_size, learning_rate=learning_rate)
+    job.to_clients(
+        _executor(opts, dp, preprocess=preprocess, network=network, **site), id="executor", tasks=list(CLIENT_TASKS)
+    )
+    _add_client_filters(job, opts, fault)
+    job.to_clients(
+        ConvertToFedEvent(events_to_convert=["analytix_log_stats"], fed_event_prefix="fed."), id="event_to_fed"
+    )
+    return job
+
+
+# the job options that are site settings of the same name (oncofl.site.settings.TrainSettings): passed as they are
+_SITE_OPTIONS = tuple(k for k in ALGORITHM_OPTIONS if k in {f.name for f in fields(TrainSettings)})
+
+
+def _new_job(name: str, min_clients: int, opts: dict[str, Any]) -> FedJob:
+    """A job whose code is the installed oncofl (checked at its start), with the GPUs it reserves at each site."""
+    job = FedJob(name=name, min_clients=min_clients)
+    job.set_app_packages(["oncofl"])  # installed at every site and the server: never copied module by module
+    # the oncofl this job is built for: a site or server with other code installed refuses the job at its start
+    job.to_server(ProvenanceCheck(**installed()), id="oncofl_provenance")
+    job.to_clients(ProvenanceCheck(**installed()), id="oncofl_provenance")
+    if opts["gpus_per_site"]:  # export() writes it into meta.json
+        gpus = {"num_of_gpus": opts["gpus_per_site"], "mem_per_gpu_in_GiB": opts["gpu_mem_gib"]}
+        job.resource_spec = {"@default": gpus}
+    return job
+
+
+def _executor(opts: dict[str, Any], dp: dict[str, Any] | None, **settings: Any) -> OncoFLExecutor:
+    """The sites' executor with the job's training settings: ``settings`` and every job option that is a field of
+    :class:`~oncofl.site.settings.TrainSettings` (:data:`_SITE_OPTIONS`), passed as it is."""
+    return OncoFLExecutor(
+        **settings,
+        **{k: opts[k] for k in _SITE_OPTIONS},
+        dp=dp,
+        send_weight_diff=bool(opts["privacy_filter"]),  # FLARE's privacy filters work on weight differences
+    )
+
+
+def _job_options(options: dict[str, Any]) -> dict[str, Any]:
+    """The job's options over their defaults, refused when unknown, out of range or contradictory."""
     unknown = sorted(set(options) - set(ALGORITHM_OPTIONS))
     if unknown:
         raise ValueError(f"unknown job option(s) {unknown}; known: {sorted(ALGORITHM_OPTIONS)}")
     opts = {**ALGORITHM_OPTIONS, **options}
-    algorithm = opts["algorithm"]
+    algorithm, he = opts["algorithm"], bool(opts["he"])
     if algorithm not in ALGORITHMS:
         raise ValueError(f"unknown algorithm '{algorithm}'; available: {', '.join(ALGORITHMS)}")
-    dp = None
-    if opts["dp_epsilon"] > 0:
-        dp = {
-            "epsilon_budget": opts["dp_epsilon"],
-            "delta": opts["dp_delta"],
-            "max_grad_norm": opts["dp_max_grad_norm"],
-            "noise_multiplier": opts["dp_noise_multiplier"],
-            "planned_rounds": num_rounds,
-        }
-    he = bool(opts["he"])
     if he and (
         algorithm not in ("fedavg", "fedprox", "fedbn") or opts["aggregation"] != "mean" or opts["privacy_filter"]
     ):
@@ -166,25 +231,32 @@ def build_fedavg_job(
         raise ValueError(f"unknown server optimizer {opts['server_optimizer']!r}; available: {SERVER_OPTIMIZERS}")
     if opts["privacy_filter"] and opts["privacy_filter"] not in PRIVACY_FILTERS:
         raise ValueError(f"unknown privacy filter {opts['privacy_filter']!r}; available: {sorted(PRIVACY_FILTERS)}")
-    if opts["init_seed"] != DEFAULT_INIT_SEED:
-        network = {**(network or {}), "init_seed": int(opts["init_seed"])}
     if opts["gpus_per_site"] < 0 or opts["gpu_mem_gib"] < 0:
         raise ValueError("gpus_per_site and gpu_mem_gib must be 0 or more")
-    spec = get_task(task)
-    if algorithm == "fedbn":
-        refusal = fedbn_refusal(spec.build_network(**(network or {})), spec.local_state)
-        if refusal:
-            raise ValueError(f"task '{task}': {refusal}")
-    job = FedJob(name=name, min_clients=min_clients)
-    job.set_app_packages(["oncofl"])  # installed at every site and the server: never copied module by module
-    # the oncofl this job is built for: a site or server with other code installed refuses the job at its start
-    job.to_server(ProvenanceCheck(**installed()), id="oncofl_provenance")
-    job.to_clients(ProvenanceCheck(**installed()), id="oncofl_provenance")
+    if int(opts["round_deadline"]) < 0:
+        raise ValueError(
+            f"round_deadline must be 0 (wait for every live site) or seconds > 0, got {int(opts['round_deadline'])}"
+        )
+    return opts
 
-    job.to_server(spec.build_network(**(network or {})), id="model")
-    if opts["gpus_per_site"]:  # export() writes it into meta.json
-        gpus = {"num_of_gpus": opts["gpus_per_site"], "mem_per_gpu_in_GiB": opts["gpu_mem_gib"]}
-        job.resource_spec = {"@default": gpus}
+
+def _dp_settings(opts: dict[str, Any], num_rounds: int) -> dict[str, Any] | None:
+    """Sample-level DP-SGD at every site, as the job carries it (oncofl.algorithms.DPSettings), or None."""
+    if opts["dp_epsilon"] <= 0:
+        return None
+    return {
+        "epsilon_budget": opts["dp_epsilon"],
+        "delta": opts["dp_delta"],
+        "max_grad_norm": opts["dp_max_grad_norm"],
+        "noise_multiplier": opts["dp_noise_multiplier"],
+        "planned_rounds": num_rounds,
+    }
+
+
+def _add_server(job: FedJob, key_metric: str, opts: dict[str, Any]) -> None:
+    """The server side of the job's algorithm, chosen here and in :func:`_scatter_and_gather` only: model
+    persistence, the shareable generator and the aggregator; then model selection, analytics and reports."""
+    algorithm, he = opts["algorithm"], bool(opts["he"])
     if he:
         _add_he_server(job)
         job.privacy_scope = HE_SCOPE  # export() names it in meta.json
@@ -192,18 +264,19 @@ def build_fedavg_job(
         job.to_server(PTFileModelPersistor(model="model"), id="persistor")
         job.to_server(_shareable_generator(algorithm, opts), id="shareable_generator")
         job.to_server(_aggregator(algorithm, opts), id="aggregator")
-    job.to_server(AggregatedModelSelector(key_metric=spec.key_metric), id="model_selector")
+    job.to_server(AggregatedModelSelector(key_metric=key_metric), id="model_selector")
     job.to_server(PTFileModelLocator(pt_persistor_id="persistor"), id="model_locator")
     job.to_server(ValidationJsonGenerator(), id="json_generator")
     job.to_server(TBAnalyticsReceiver(events=["fed.analytix_log_stats"]), id="tb_receiver")
     job.to_server(SiteErrorReporter(), id="site_error_reporter")
     job.to_server(ParticipationMonitor(), id="participation_monitor")
+
+
+def _scatter_and_gather(opts: dict[str, Any], dp: dict | None, train_timeout: int, **counts: int) -> Any:
+    """The round workflow: SCAFFOLD's, DP's budget-keeping one, or FLARE's ScatterAndGather."""
     deadline = int(opts["round_deadline"])
-    if deadline < 0:
-        raise ValueError(f"round_deadline must be 0 (wait for every live site) or seconds > 0, got {deadline}")
     workflow_args = dict(
-        min_clients=min_clients,
-        num_rounds=num_rounds,
+        **counts,
         # every live site contributes to every round by default: a slow hospital is waited for; with a deadline
         # the round closes at it, whoever has answered by then
         wait_time_after_min_received=deadline or WAIT_FOR_EVERY_SITE,
@@ -212,7 +285,7 @@ def build_fedavg_job(
         shareable_generator_id="shareable_generator",
         train_timeout=deadline or train_timeout,
     )
-    if algorithm == "scaffold":
+    if opts["algorithm"] == "scaffold":
         workflow = ScatterAndGatherScaffold(**workflow_args)
     elif dp is not None:
         workflow = PrivacyBudgetScatterAndGather(**workflow_args, epsilon_budget=dp["epsilon_budget"])
@@ -222,8 +295,12 @@ def build_fedavg_job(
     workflow._always_serialize_args = ("min_clients", "num_rounds", "start_round", "wait_time_after_min_received")
     if dp is not None:
         workflow._always_serialize_args += ("epsilon_budget",)
-    job.to_server(workflow, id="scatter_and_gather")
-    # a site that dropped out cannot answer: its cross-site tasks end after these timeouts, the others' results stay
+    return workflow
+
+
+def _cross_site_eval(he: bool, submit_model_timeout: int, validation_timeout: int) -> Any:
+    """Cross-site evaluation of the global and every local model. A site that dropped out cannot answer: its tasks
+    end after these timeouts, the others' results stay."""
     if he:
         from oncofl.he import HECrossSiteModelEvalFixed as cross_site_class
     else:
@@ -234,24 +311,13 @@ def build_fedavg_job(
         validation_timeout=validation_timeout,
     )
     cross_site._always_serialize_args = ("submit_model_timeout", "validation_timeout")
-    job.to_server(cross_site, id="cross_site_eval")
+    return cross_site
 
-    executor = OncoFLExecutor(
-        task=task,
-        local_epochs=local_epochs,
-        batch_size=batch_size,
-        learning_rate=learning_rate,
-        lr_schedule=opts["lr_schedule"],
-        optimizer_state=opts["optimizer_state"],
-        preprocess=preprocess,
-        network=network,
-        algorithm=algorithm,
-        fedprox_mu=opts["fedprox_mu"],
-        dp=dp,
-        send_weight_diff=bool(opts["privacy_filter"]),  # FLARE's privacy filters work on weight differences
-    )
-    job.to_clients(executor, id="executor", tasks=list(CLIENT_TASKS))
-    data_filters: dict[str, list] = {t: [] for t in CLIENT_TASKS}  # per task, in the order FLARE runs them
+
+def _add_client_filters(job: FedJob, opts: dict[str, Any], fault: dict[str, Any] | None) -> None:
+    """The sites' filters, per task in the order FLARE runs them: a drill's fault, FLARE's privacy filter, the PHI
+    gate on every result (last before HE encryption), HE's encryptor/decryptor."""
+    data_filters: dict[str, list] = {t: [] for t in CLIENT_TASKS}
     result_filters: dict[str, list] = {t: [] for t in CLIENT_TASKS}
     if fault:  # a drill: one site's updates broken or poisoned on purpose
         drill = UpdateFaultFilter(**fault)
@@ -262,7 +328,7 @@ def build_fedavg_job(
     phi_guard = PHIGuardFilter()  # everything leaving a site, last of the job's filters before HE encryption
     for task in CLIENT_TASKS:
         result_filters[task].append(phi_guard)
-    if he:  # last out, first in: sites encrypt every model they send and decrypt every model they receive
+    if opts["he"]:  # last out, first in: sites encrypt every model they send and decrypt every model they receive
         from nvflare.app_opt.he.model_decryptor import HEModelDecryptor
         from nvflare.app_opt.he.model_encryptor import HEModelEncryptor
 
@@ -273,10 +339,6 @@ def build_fedavg_job(
         result_filters["submit_model"].append(HEModelEncryptor(weigh_by_local_iter=False))
     _add_filter_chains(job, FilterType.TASK_DATA, data_filters)
     _add_filter_chains(job, FilterType.TASK_RESULT, result_filters)
-    job.to_clients(
-        ConvertToFedEvent(events_to_convert=["analytix_log_stats"], fed_event_prefix="fed."), id="event_to_fed"
-    )
-    return job
 
 
 def _add_filter_chains(job: FedJob, filter_type: FilterType, chains: dict[str, list]) -> None:
