@@ -86,7 +86,7 @@ def find_site_config(site_name: str, workspace_root: str | os.PathLike | None = 
     raise SiteConfigError(
         "no site configuration found",
         fix=f"write {LOCAL_FILE_NAME} into the 'local' folder of the site's startup kit, or set {ENV_VAR} to the file "
-        f"(or to a folder holding {site_name}.json); see README 'Site configuration'",
+        f"(or to a folder holding {site_name}.json); see 'Site configuration' in the oncofl docs (sites-and-data.md)",
         site=site_name,
         detail="looked at: " + "; ".join(looked or ["nothing: no env var, no workspace"]),
     )
@@ -212,7 +212,8 @@ def parse_site_config(raw: object, *, site_name: str = "", source: Path | None =
     if problems:
         raise SiteConfigError(
             "invalid site configuration: " + "; ".join(problems),
-            fix="edit the site configuration file (see README 'Site configuration' for every field)",
+            fix="edit the site configuration file (every field: 'Site configuration' in the oncofl docs, "
+            "sites-and-data.md)",
             site=site_name,
             path=where,
             detail="; ".join(details),

@@ -448,7 +448,7 @@ class Poc:
                     f"job {job_id} is listed as RUNNING but no server process runs it: the FL server restarted "
                     f"during the job, and FLARE 2.9 cannot resume a job after a server restart. The global model "
                     f"of its last completed round is kept; continue from it with `oncofl poc resume "
-                    f"{job_id}` (README: 'POC faults and recovery')."
+                    f"{job_id}` (poc/README.md: 'Faults and recovery')."
                 )
             back = self.returned_sites(job_id) if rejoin and status == "RUNNING" else []
             if back:
