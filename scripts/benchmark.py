@@ -33,18 +33,14 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from oncofl.catalog import JOBS, by_task
 from oncofl.data import load_split, read_datalist
 from oncofl.engine import DeviceData, Trainer, autocast
-from oncofl.jobs import definition
-from oncofl.simulate import TASK_DATA, executor_args
+from oncofl.simulate import executor_args
 from oncofl.site_config import load_site_config
 from oncofl.tasks import get_task
 
-JOBS = {
-    "prostate_seg": "prostate_mri_seg",
-    "breast_mammo_cls": "breast_mammo_cls",
-    "lung_nodule_cls": "lung_nodule_cls",
-}
+TASKS = tuple(job.task for job in JOBS if job.imaging)  # the imaging tasks, in the catalog's order
 
 
 def _sync(device: torch.device) -> None:
@@ -69,10 +65,10 @@ def _median_rate(run, samples: int, device: torch.device, warmup: int, repeats: 
 
 def site_data(task: str, data_root: Path | None, site: str = "site-1"):
     """The site config of one site of the task's data (written on the first call)."""
-    folder, generate = TASK_DATA[task]
-    root = Path(data_root) if data_root else Path(tempfile.gettempdir()) / "oncofl_benchmark" / folder
+    job = by_task(task)
+    root = Path(data_root) if data_root else Path(tempfile.gettempdir()) / "oncofl_benchmark" / job.data_folder
     if not (root / "site_configs").is_dir():
-        generate(root, seed=0)
+        job.write_demo_data(root, seed=0)
     config = load_site_config(root / "site_configs" / f"{site}.json", site_name=site)
     return config
 
@@ -103,6 +99,12 @@ def _profile(run, device: torch.device, steps: int, label: str) -> dict:
     }
 
 
+def committed_job_args(task: str) -> dict:
+    """The executor arguments of the task's job as committed (its definition's defaults)."""
+    with tempfile.TemporaryDirectory() as tmp:
+        return executor_args(by_task(task).definition().export(Path(tmp)))
+
+
 def benchmark_task(
     task: str,
     device: torch.device,
@@ -114,25 +116,54 @@ def benchmark_task(
     profile_below: float = 0.0,
     ablate_below: float = 0.0,
 ) -> dict:
-    spec = get_task(task)
-    with tempfile.TemporaryDirectory() as tmp:  # the job as committed: its definition's defaults
-        args = executor_args(definition(JOBS[task]).export(Path(tmp)))
+    """(a), (b) and (c) for one task (its committed job's batch size, network and learning rate) on ``steps``
+    batches drawn from site-1's training cases (cycled if few); the ablation and profiles where asked for."""
+    spec, args = get_task(task), committed_job_args(task)
     batch, network, lr = args.get("batch_size", 4), args.get("network"), args.get("learning_rate", 1e-3)
     config = site_data(task, data_root)
     split = load_split(read_datalist(config)["training"], spec, spec.params(args.get("preprocess")), config)
-    n = len(split.images)
+    pick = np.arange(steps * batch) % len(split.images)  # exactly `steps` batches
+    rate = lambda run, samples: _median_rate(run, samples, device, warmup, repeats)  # noqa: E731
 
-    # (a) the site pipeline: one "epoch" of exactly `steps` batches drawn from the site's cases (cycled if few)
+    # (a) the site pipeline: one "epoch" of the picked cases, held on the device
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
     trainer = Trainer(spec, device, learning_rate=lr, seed=0, network=network)
-    pick = np.arange(steps * batch) % n
     data = DeviceData.from_numpy(split.images[pick], split.labels[pick], device)
-    samples = len(pick)
-    pipeline = _median_rate(lambda: trainer.train(data, epochs=1, batch_size=batch), samples, device, warmup, repeats)
+    site_epoch = lambda: trainer.train(data, epochs=1, batch_size=batch)  # noqa: E731
+    pipeline = rate(site_epoch, len(pick))
     peak = torch.cuda.max_memory_allocated(device) / 2**30 if device.type == "cuda" else float("nan")
+    # (b) the ceiling; (c) naive
+    compute_only = _compute_only(trainer, data, batch, steps, device)
+    ceiling = rate(compute_only, steps * batch)
+    naive = rate(_naive_epochs(spec, split, pick, batch, network, lr, device), len(pick))
 
-    # (b) the ceiling: the same model/precision/memory format on one real batch resident on the device
+    no_augment = None
+    if pipeline / ceiling < ablate_below:
+        no_augment = _without_augmentation(trainer, site_epoch, rate, len(pick))
+    profiles = []
+    if device.type == "cuda" and pipeline / ceiling < profile_below:
+        profiles = [
+            _profile(site_epoch, device, steps, "(a) pipeline"),
+            _profile(compute_only, device, steps, "(b) ceiling"),
+        ]
+    return {
+        "pipeline_without_augment": no_augment,
+        "profiles": profiles,
+        "task": task,
+        "batch": batch,
+        "cases": len(split.images),
+        "pipeline": pipeline,
+        "ceiling": ceiling,
+        "naive": naive,
+        "peak_gib": peak,
+        "precision": str(trainer.dtype).replace("torch.", "") if trainer.dtype else "fp32",
+    }
+
+
+def _compute_only(trainer: Trainer, data: DeviceData, batch: int, steps: int, device: torch.device):
+    """(b): ``steps`` optimizer steps of the trainer's model, precision and memory format on one real batch already
+    on the device -- forward, loss, backward, step, nothing else."""
     model, optimizer, loss_fn = trainer.model, trainer.optimizer, trainer.loss_fn
     x, y = data.images[:batch].clone(), data.labels[:batch].clone()
     if trainer.channels_last:
@@ -147,19 +178,17 @@ def benchmark_task(
             trainer.scaler.step(optimizer)
             trainer.scaler.update()
 
-    ceiling = _median_rate(compute_only, steps * len(x), device, warmup, repeats)
+    return compute_only
 
-    # (c) naive: MONAI Dataset + DataLoader, per-sample CPU augmentation, fp32, a fresh copy of the model
+
+def _naive_epochs(spec, split, pick: np.ndarray, batch: int, network, lr: float, device: torch.device):
+    """(c): one epoch of the picked cases through a MONAI Dataset + DataLoader (2 workers, per-sample random flips on
+    the CPU) into a fresh copy of the task's network, fp32."""
     from monai.data import DataLoader, Dataset
     from monai.transforms import Compose, RandFlipd
 
-    spatial = split.images.ndim - 2
-    flips = Compose(
-        [
-            RandFlipd(keys=["image", "label"] if task == "prostate_seg" else ["image"], prob=0.5, spatial_axis=a)
-            for a in range(spatial)
-        ]
-    )
+    keys = ["image", "label"] if spec.label_kind == "mask" else ["image"]  # a mask flips with its image
+    flips = Compose([RandFlipd(keys=keys, prob=0.5, spatial_axis=a) for a in range(split.images.ndim - 2)])
     items = [{"image": split.images[i], "label": split.labels[i]} for i in pick]
     loader = DataLoader(
         Dataset(items, transform=flips), batch_size=batch, shuffle=True, num_workers=2, persistent_workers=True
@@ -177,33 +206,17 @@ def benchmark_task(
             naive_loss(naive_model(images), labels).backward()
             naive_opt.step()
 
-    naive = _median_rate(naive_epochs, samples, device, warmup, repeats)
-    no_augment = None
-    if pipeline / ceiling < ablate_below:  # the same pipeline with the batch augmentation left out
-        trainer.task = replace(spec, augment=lambda images, labels, generator: (images, labels))
-        try:
-            train = lambda: trainer.train(data, epochs=1, batch_size=batch)  # noqa: E731
-            no_augment = _median_rate(train, samples, device, warmup, repeats)
-        finally:
-            trainer.task = spec
-    profiles = []
-    if device.type == "cuda" and pipeline / ceiling < profile_below:
-        profiles = [
-            _profile(lambda: trainer.train(data, epochs=1, batch_size=batch), device, steps, "(a) pipeline"),
-            _profile(compute_only, device, steps, "(b) ceiling"),
-        ]
-    return {
-        "pipeline_without_augment": no_augment,
-        "profiles": profiles,
-        "task": task,
-        "batch": batch,
-        "cases": n,
-        "pipeline": pipeline,
-        "ceiling": ceiling,
-        "naive": naive,
-        "peak_gib": peak,
-        "precision": str(trainer.dtype).replace("torch.", "") if trainer.dtype else "fp32",
-    }
+    return naive_epochs
+
+
+def _without_augmentation(trainer: Trainer, site_epoch, rate, samples: int) -> float:
+    """(a) once more with the task's batch augmentation left out (identity): samples per second."""
+    spec = trainer.task
+    trainer.task = replace(spec, augment=lambda images, labels, generator: (images, labels))
+    try:
+        return rate(site_epoch, samples)
+    finally:
+        trainer.task = spec
 
 
 def table(rows: list[dict], device_name: str) -> str:
@@ -222,9 +235,9 @@ def table(rows: list[dict], device_name: str) -> str:
     return "\n".join(lines)
 
 
-def main(argv: list[str] | None = None) -> int:
+def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--tasks", nargs="+", default=list(JOBS), choices=list(JOBS))
+    parser.add_argument("--tasks", nargs="+", default=list(TASKS), choices=TASKS)
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--data", default=None, help="data folder of the task (one task only); made if absent")
     parser.add_argument("--steps", type=int, default=20, help="training steps per timed run (about)")
@@ -236,6 +249,30 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--ablate-below", type=float, default=0.0, help="time (a) without augmentation where (a)/(b) is below this"
     )
+    return parser
+
+
+def diagnoses(rows: list[dict]) -> list[str]:
+    """Where time goes, per row that was ablated or profiled: one line per ablation and per profile."""
+    lines = []
+    for row in rows:
+        if row["pipeline_without_augment"] is not None:
+            rate = row["pipeline_without_augment"]
+            lines.append(
+                f"ablation {row['task']}: (a) without augmentation {rate:.1f} samples/s, "
+                f"{rate / row['ceiling']:.2f} x (b) (with augmentation {row['pipeline'] / row['ceiling']:.2f})"
+            )
+        for prof in row["profiles"]:
+            lines.append(
+                f"profile {row['task']} {prof['label']}: {prof['wall_ms_per_step']:.2f} ms wall per step, "
+                f"{prof['gpu_kernel_ms_per_step']:.2f} ms in GPU kernels; most device time: "
+                + ", ".join(f"{name} {ms} ms" for name, ms in prof["top_device_ops"][:5])
+            )
+    return lines
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = _parser()
     args = parser.parse_args(argv)
     if args.data and len(args.tasks) > 1:
         parser.error("--data goes with one --tasks entry")
@@ -243,37 +280,16 @@ def main(argv: list[str] | None = None) -> int:
         parser.error("--data and --data-root exclude each other")
     device = torch.device(args.device)
     name = torch.cuda.get_device_name(device) if device.type == "cuda" else f"CPU ({torch.get_num_threads()} threads)"
+    options = {k: getattr(args, k) for k in ("warmup", "repeats", "steps", "profile_below", "ablate_below")}
     rows = []
     for task in args.tasks:
-        data = Path(args.data_root) / TASK_DATA[task][0] if args.data_root else args.data
-        rows.append(
-            benchmark_task(
-                task,
-                device,
-                data_root=data,
-                warmup=args.warmup,
-                repeats=args.repeats,
-                steps=args.steps,
-                profile_below=args.profile_below,
-                ablate_below=args.ablate_below,
-            )
-        )
+        data = Path(args.data_root) / by_task(task).data_folder if args.data_root else args.data
+        rows.append(benchmark_task(task, device, data_root=data, **options))
         print(table(rows[-1:], name).splitlines()[2], flush=True)  # each row as soon as it is measured
         if args.json:
             Path(args.json).write_text(json.dumps({"device": name, "rows": rows}, indent=1))
-    for row in rows:
-        if row["pipeline_without_augment"] is not None:
-            rate = row["pipeline_without_augment"]
-            print(
-                f"ablation {row['task']}: (a) without augmentation {rate:.1f} samples/s, "
-                f"{rate / row['ceiling']:.2f} x (b) (with augmentation {row['pipeline'] / row['ceiling']:.2f})"
-            )
-        for prof in row["profiles"]:
-            print(
-                f"profile {row['task']} {prof['label']}: {prof['wall_ms_per_step']:.2f} ms wall per step, "
-                f"{prof['gpu_kernel_ms_per_step']:.2f} ms in GPU kernels; most device time: "
-                + ", ".join(f"{name} {ms} ms" for name, ms in prof["top_device_ops"][:5])
-            )
+    for line in diagnoses(rows):
+        print(line)
     if args.json:
         Path(args.json).write_text(json.dumps({"device": name, "rows": rows}, indent=1))
     print(table(rows, name))

@@ -105,6 +105,70 @@ def write_mammogram(path: Path) -> None:
     assert pydicom.dcmread(path).Rows == 3328
 
 
+def _ct_stage(affine: np.ndarray):
+    """The CT path after decoding: RAS, 1 mm isotropic, lung window, 384^3 crop/pad."""
+
+    def stage(xp, ndimage, volume):  # noqa: ANN001
+        ras, ras_affine = to_ras(volume, affine, xp)
+        out, _ = resample(ras, ras_affine, (1.0, 1.0, 1.0), xp, ndimage)
+        return crop_or_pad(window(out, -600, 1500, xp), (384, 384, 384), xp)
+
+    return stage
+
+
+def _mg_stage(xp, ndimage, image):  # noqa: ANN001
+    """The mammography path after decoding: resize to 1024 x 832, normalise."""
+    out = resize_2d(image, (1024, 832), xp, ndimage)
+    return (out - out.mean()) / (out.std() + 1e-6)
+
+
+def _decoded(read):
+    """``read()`` and the seconds it took (once: decoding runs on the CPU in both paths)."""
+    start = time.perf_counter()
+    value = read()
+    return value, time.perf_counter() - start
+
+
+def measure_all(slices: int, repeats: int, has_gpu: bool) -> list[tuple[str, float, float | None, float | None]]:
+    """Rows (stage, CPU s, GPU s, GPU s with copies): decoding, each stage, and the CT path end to end."""
+    with tempfile.TemporaryDirectory() as tmp:
+        tmp = Path(tmp)
+        write_ct(tmp / "ct", slices)
+        write_mammogram(tmp / "mg.dcm")
+        ct, ct_decode = _decoded(lambda: read_series(tmp / "ct"))
+        mg, mg_decode = _decoded(lambda: read_projection(tmp / "mg.dcm", crop=True))
+        ct_row = ("CT RAS+resample 1mm+window+crop", *measure(_ct_stage(ct.affine), ct.array, repeats, has_gpu))
+        mg_row = ("MG resize 1024x832+normalise", *measure(_mg_stage, mg.array, repeats, has_gpu))
+    # the whole path a site runs once per case: decode (pydicom, CPU in both paths) + the stage (+ copies on GPU)
+    end_to_end = (
+        "CT series -> tensor, end to end (decode+stage)",
+        ct_decode + ct_row[1],
+        None,
+        ct_decode + ct_row[3] if ct_row[3] is not None else None,
+    )
+    return [
+        (f"CT decode {ct.array.shape} (pydicom, CPU)", ct_decode, None, None),
+        (f"MG decode+VOI+flip+crop {mg.array.shape} (CPU)", mg_decode, None, None),
+        ct_row,
+        mg_row,
+        end_to_end,
+    ]
+
+
+def table(rows: list[tuple[str, float, float | None, float | None]], device: str, repeats: int) -> str:
+    """The rows as text, with the CPU / GPU ratios."""
+    lines = [
+        f"\nGPU: {device}; repeats: {repeats} (median after 1 warm-up)",
+        f"{'stage':48} {'CPU s':>9} {'GPU s':>9} {'GPU+copies s':>13} {'CPU/GPU':>8} {'CPU/GPU+copies':>15}",
+    ]
+    for name, cpu, gpu, gpu_copies in rows:
+        fmt = lambda v: f"{v:9.4f}" if v is not None else f"{'-':>9}"  # noqa: E731
+        ratio = f"{cpu / gpu:8.1f}" if gpu else f"{'-':>8}"
+        ratio_c = f"{cpu / gpu_copies:15.1f}" if gpu_copies else f"{'-':>15}"
+        lines.append(f"{name:48} {fmt(cpu)} {fmt(gpu)} {fmt(gpu_copies):>13} {ratio} {ratio_c}")
+    return "\n".join(lines)
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--slices", type=int, default=300)
@@ -112,55 +176,13 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--json", default=None, help="also write the rows to this JSON file")
     args = parser.parse_args(argv)
     has_gpu = gpu_available()
-    rows: list[tuple[str, float, float | None, float | None]] = []
-
-    with tempfile.TemporaryDirectory() as tmp:
-        tmp = Path(tmp)
-        write_ct(tmp / "ct", args.slices)
-        write_mammogram(tmp / "mg.dcm")
-
-        start = time.perf_counter()
-        ct = read_series(tmp / "ct")
-        rows.append((f"CT decode {ct.array.shape} (pydicom, CPU)", time.perf_counter() - start, None, None))
-        start = time.perf_counter()
-        mg = read_projection(tmp / "mg.dcm", crop=True)
-        rows.append((f"MG decode+VOI+flip+crop {mg.array.shape} (CPU)", time.perf_counter() - start, None, None))
-
-        def ct_stage(xp, ndimage, volume):  # noqa: ANN001
-            ras, affine = to_ras(volume, ct.affine, xp)
-            out, _ = resample(ras, affine, (1.0, 1.0, 1.0), xp, ndimage)
-            return crop_or_pad(window(out, -600, 1500, xp), (384, 384, 384), xp)
-
-        def mg_stage(xp, ndimage, image):
-            out = resize_2d(image, (1024, 832), xp, ndimage)
-            return (out - out.mean()) / (out.std() + 1e-6)
-
-        ct_row = ("CT RAS+resample 1mm+window+crop", *measure(ct_stage, ct.array, args.repeats, has_gpu))
-        rows.append(ct_row)
-        rows.append(("MG resize 1024x832+normalise", *measure(mg_stage, mg.array, args.repeats, has_gpu)))
-        # the whole path a site runs once per case: decode (pydicom, CPU in both paths) + the stage (+ copies on GPU)
-        decode = rows[0][1]
-        rows.append(
-            (
-                "CT series -> tensor, end to end (decode+stage)",
-                decode + ct_row[1],
-                None,
-                decode + ct_row[3] if ct_row[3] is not None else None,
-            )
-        )
-
+    rows = measure_all(args.slices, args.repeats, has_gpu)
     device = "none (CPU only)"
     if has_gpu:
         import cupy
 
         device = cupy.cuda.runtime.getDeviceProperties(0)["name"].decode()
-    print(f"\nGPU: {device}; repeats: {args.repeats} (median after 1 warm-up)")
-    print(f"{'stage':48} {'CPU s':>9} {'GPU s':>9} {'GPU+copies s':>13} {'CPU/GPU':>8} {'CPU/GPU+copies':>15}")
-    for name, cpu, gpu, gpu_copies in rows:
-        fmt = lambda v: f"{v:9.4f}" if v is not None else f"{'-':>9}"  # noqa: E731
-        ratio = f"{cpu / gpu:8.1f}" if gpu else f"{'-':>8}"
-        ratio_c = f"{cpu / gpu_copies:15.1f}" if gpu_copies else f"{'-':>15}"
-        print(f"{name:48} {fmt(cpu)} {fmt(gpu)} {fmt(gpu_copies):>13} {ratio} {ratio_c}")
+    print(table(rows, device, args.repeats))
     if args.json:
         keys = ("stage", "cpu_s", "gpu_s", "gpu_with_copies_s")
         Path(args.json).write_text(

@@ -49,18 +49,18 @@ step() {
 }
 wants() { [[ " $STEPS " == *" $1 "* ]]; }
 
-# the three tasks' synthetic sites, written once (in parallel) and shared by the jobs and the benchmark
+# the imaging tasks' synthetic sites at their GPU size (oncofl.catalog), written once (in parallel) and shared by
+# the jobs and the benchmark
 if wants jobs || wants bench; then
   step data 300 "$PY" - <<'EOF'
 import os, sys
 from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
-from oncofl import synthetic, synthetic_lung, synthetic_mammo
+from oncofl.catalog import JOBS
 root = Path(os.environ["ONCOFL_GPU_DATA"])
-work = [(synthetic.generate, "synthetic", {}), (synthetic_mammo.generate, "synthetic_mammo", {"scale": 4}),
-        (synthetic_lung.generate, "synthetic_lung", {})]
+work = [job for job in JOBS if job.imaging and not (root / job.data_folder / "site_configs").is_dir()]
 with ProcessPoolExecutor(3) as pool:
-    done = [pool.submit(fn, root / name, seed=0, **kw) for fn, name, kw in work if not (root / name / "site_configs").is_dir()]
+    done = [pool.submit(job.write_demo_data, root / job.data_folder, seed=0, **job.gpu_data) for job in work]
     print([str(f.result()) for f in done])
 EOF
 fi

@@ -19,6 +19,8 @@ import json
 import sys
 from pathlib import Path
 
+from .catalog import JOBS, by_data_kind, by_job
+
 # commands run by a module's main(argv), imported only when the command runs; the others are below (LOCAL)
 MODULES = {
     "simulate": "oncofl.simulate",
@@ -27,30 +29,22 @@ MODULES = {
     "provision": "oncofl.deploy.provision",
     "site": "oncofl.deploy.site",
 }
-DATA_KINDS = {
-    "prostate": ("oncofl.synthetic", "prostate MRI series + masks (task prostate_seg)"),
-    "mammo": ("oncofl.synthetic_mammo", "mammograms (task breast_mammo_cls)"),
-    "lung": ("oncofl.synthetic_lung", "chest CT + nodule list (task lung_nodule_cls)"),
-    "wdbc": ("oncofl.wdbc", "scikit-learn's Breast Cancer Wisconsin, dealt to 3 sites (task breast_wdbc)"),
-}
 
 
 def job_main(argv: list[str]) -> int:
-    from .jobs import JOB_NAMES, definition
-
-    if len(argv) < 2 or argv[0] != "export" or argv[1] not in (*JOB_NAMES, "all"):
-        print(f"usage: oncofl job export <{'|'.join(JOB_NAMES)}|all> [--out DIR] [options; --help]", file=sys.stderr)
+    names = [job.name for job in JOBS]
+    if len(argv) < 2 or argv[0] != "export" or argv[1] not in (*names, "all"):
+        print(f"usage: oncofl job export <{'|'.join(names)}|all> [--out DIR] [options; --help]", file=sys.stderr)
         return 2
-    for name in JOB_NAMES if argv[1] == "all" else [argv[1]]:  # all: every job with its defaults (after a change)
-        definition(name).main(argv[2:])
+    for name in names if argv[1] == "all" else [argv[1]]:  # all: every job with its defaults (after a change)
+        by_job(name).definition().main(argv[2:])
     return 0
 
 
 def make_data_main(argv: list[str]) -> int:
     parser = argparse.ArgumentParser(prog="oncofl make-data", description="write demo data for 3 sites + held-out")
-    parser.add_argument(
-        "kind", choices=sorted(DATA_KINDS), help="; ".join(f"{k}: {v[1]}" for k, v in DATA_KINDS.items())
-    )
+    kinds = "; ".join(f"{job.data_kind}: {job.data_summary} (task {job.task})" for job in JOBS)
+    parser.add_argument("kind", choices=sorted(job.data_kind for job in JOBS), help=kinds)
     parser.add_argument("--out", required=True, help="output folder (created)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--realistic", action="store_true", help="prostate: clinical matrix sizes (384x384x24 class)")
@@ -61,7 +55,7 @@ def make_data_main(argv: list[str]) -> int:
         "prostate": {"realistic": args.realistic, "case_factor": args.case_factor},
         "mammo": {"scale": args.scale},
     }.get(args.kind, {})
-    out = importlib.import_module(DATA_KINDS[args.kind][0]).generate(args.out, seed=args.seed, **options)
+    out = by_data_kind(args.kind).write_demo_data(args.out, seed=args.seed, **options)
     print(f"{args.kind} data written to {out} (site configs in {Path(out) / 'site_configs'})")
     return 0
 

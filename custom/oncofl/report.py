@@ -35,16 +35,15 @@ from typing import Any
 import numpy as np
 import torch
 
-from .algorithms import scheduled_lr
+from .algorithms import fedbn_refusal, scheduled_lr
+from .catalog import JOBS, by_task
 from .data import load_split, read_datalist
 from .engine import DeviceData, Trainer, resolve_device
 from .evaluation import holdout_metric
-from .jobs import definition
-from .simulate import TASK_DATA, executor_args, run_simulator
+from .simulate import executor_args, run_simulator
 from .site_config import load_site_config
 from .tasks import get_task
 
-TASK_JOBS = {"breast_wdbc": "breast_wdbc", "prostate_seg": "prostate_mri_seg"}
 PERSONALIZED = {"fedbn"}  # algorithms whose result is one model per site
 
 
@@ -83,8 +82,10 @@ class Scorer:
         return holdout_metric(checkpoint, self.sites[site], split="validation", cache_dir=cache, **self.kwargs)
 
 
-def train_pooled(task: str, data: Path, sites: list[str], settings: dict[str, Any], seed: int, out: Path) -> Path:
-    """The job's network, optimizer and total epochs on the pooled training cases of ``sites``."""
+def _centralized_trainer(
+    task: str, data: Path, sites: list[str], settings: dict[str, Any], seed: int
+) -> tuple[Trainer, DeviceData]:
+    """The job's trainer (network, optimizer, seed) and the pooled training cases of ``sites`` on its device."""
     spec = get_task(task)
     params = spec.params(settings.get("preprocess"))
     parts = []
@@ -97,6 +98,12 @@ def train_pooled(task: str, data: Path, sites: list[str], settings: dict[str, An
     )
     torch.manual_seed(seed)
     trainer = Trainer(spec, device, learning_rate=settings["learning_rate"], seed=seed, network=settings.get("network"))
+    return trainer, train
+
+
+def train_pooled(task: str, data: Path, sites: list[str], settings: dict[str, Any], seed: int, out: Path) -> Path:
+    """The job's network, optimizer and total epochs on the pooled training cases of ``sites``."""
+    trainer, train = _centralized_trainer(task, data, sites, settings, seed)
     schedule = settings.get("lr_schedule", "constant")
     for r in range(settings["num_rounds"]):  # the job's learning rate schedule, one value per round's epochs
         lr = scheduled_lr(settings["learning_rate"], schedule, r, settings["num_rounds"])
@@ -123,8 +130,7 @@ def run_federated(
     task: str, name: str, options: dict[str, Any], data: Path, work: Path, job_kwargs: dict[str, Any]
 ) -> dict[str, Any]:
     """One federated configuration in the FLARE simulator; its scores, curve, cross-site matrix and server logs."""
-    module = definition(TASK_JOBS[task])
-    job_dir = module.export(work / "jobs", **job_kwargs, **options)
+    job_dir = by_task(task).definition().export(work / "jobs", **job_kwargs, **options)
     settings = job_settings(job_dir)
     sites = sorted(site_roots(data))
     # each run reads its own copy of the sites' data: runs side by side never share a cache folder
@@ -157,41 +163,51 @@ def run_federated(
     }
 
 
-def run_seed(args: argparse.Namespace, seed: int, tmp: Path) -> dict[str, dict[str, Any]]:
-    task = args.task
-    data = TASK_DATA[task][1](tmp / f"seed{seed}" / "data", seed=seed)
-    job_kwargs = {
-        "min_clients": len(list((data / "site_configs").glob("*.json"))),  # every site, every round
-        "init_seed": seed,  # a seed draws the data and the initial weights, the same for every model of that seed
-    }
-    if args.rounds:
-        job_kwargs["num_rounds"] = args.rounds
+def federated_configs(args: argparse.Namespace) -> dict[str, dict[str, Any]]:
+    """The federated runs asked for: name -> job options (``--algorithms``, ``--dp-epsilon``, ``--extra``)."""
     configs = {a: {"algorithm": a} for a in args.algorithms}
     if args.dp_epsilon > 0:
         configs[f"fedavg+DP(eps={args.dp_epsilon:g})"] = {"dp_epsilon": args.dp_epsilon, **args.dp_options}
     for extra in args.extra:
         name, _, options = extra.partition("=")
         configs[name] = json.loads(options)
+    return configs
+
+
+def run_seed(args: argparse.Namespace, seed: int, tmp: Path) -> dict[str, dict[str, Any]]:
+    """Every row of the report for one seed (with ``--merge``: the federated runs asked for and the initial model)."""
+    task, work = args.task, tmp / f"seed{seed}"
+    data = by_task(task).write_demo_data(work / "data", seed=seed)
+    job_kwargs = {
+        "min_clients": len(list((data / "site_configs").glob("*.json"))),  # every site, every round
+        "init_seed": seed,  # a seed draws the data and the initial weights, the same for every model of that seed
+    }
+    if args.rounds:
+        job_kwargs["num_rounds"] = args.rounds
     with ThreadPoolExecutor(max_workers=args.parallel) as pool:
         futures = {
-            name: pool.submit(run_federated, task, name, opts, data, tmp / f"seed{seed}" / _slug(name), job_kwargs)
-            for name, opts in configs.items()
+            name: pool.submit(run_federated, task, name, opts, data, work / _slug(name), job_kwargs)
+            for name, opts in federated_configs(args).items()
         }
         results = {f"federated {name}": f.result() for name, f in futures.items()}
-    module = definition(TASK_JOBS[task])
-    if args.merge:  # only these federated runs (and the initial model, cheap): the rest is read from the report
-        settings = job_settings(module.export(tmp / f"seed{seed}" / "plain", **job_kwargs))
-        results["initial model"] = {"held_out": Scorer(task, data, settings).holdout(None), "per_site": {}}
-        return results
-    settings = job_settings(module.export(tmp / f"seed{seed}" / "plain", **job_kwargs))
+    settings = job_settings(by_task(task).definition().export(work / "plain", **job_kwargs))
     scorer = Scorer(task, data, settings)
+    if not args.merge:  # with --merge only the federated runs (and the cheap initial model): the rest is in the report
+        results |= pooled_rows(task, data, settings, seed, work, scorer)
+    results["initial model"] = {"held_out": scorer.holdout(None), "per_site": {}}
+    return results
+
+
+def pooled_rows(
+    task: str, data: Path, settings: dict[str, Any], seed: int, work: Path, scorer: Scorer
+) -> dict[str, dict[str, Any]]:
+    """The centralized row (every site's training cases pooled) and one row per site training alone."""
     sites = sorted(scorer.sites)
-    central = train_pooled(task, data, sites, settings, seed, tmp / f"seed{seed}" / "central.pt")
-    results["centralized"] = {
-        "held_out": scorer.holdout(central),
-        "per_site": {s: scorer.on_site(central, s) for s in sites},
+    central = train_pooled(task, data, sites, settings, seed, work / "central.pt")
+    results = {
+        "centralized": {"held_out": scorer.holdout(central), "per_site": {s: scorer.on_site(central, s) for s in sites}}
     }
-    local_models = {s: train_pooled(task, data, [s], settings, seed, tmp / f"seed{seed}" / f"{s}.pt") for s in sites}
+    local_models = {s: train_pooled(task, data, [s], settings, seed, work / f"{s}.pt") for s in sites}
     for s, m in local_models.items():
         per_site = {t: scorer.on_site(m, t) for t in sites}
         results[f"local {s}"] = {"held_out": scorer.holdout(m), "per_site": {s: per_site[s]}, "cross": per_site}
@@ -199,7 +215,6 @@ def run_seed(args: argparse.Namespace, seed: int, tmp: Path) -> dict[str, dict[s
         "held_out": float(np.mean([results[f"local {s}"]["held_out"] for s in sites])),
         "per_site": {s: results[f"local {s}"]["per_site"][s] for s in sites},
     }
-    results["initial model"] = {"held_out": scorer.holdout(None), "per_site": {}}
     return results
 
 
@@ -214,33 +229,46 @@ def _mean_sd(values: list[float]) -> str:
 
 
 def write_report(args: argparse.Namespace, runs: dict[int, dict[str, dict]], seconds: float) -> Path:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
+    """Write ``results.json``, ``report.md`` and its plots into ``args.out``; returns the report's path."""
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     (out / "results.json").write_text(json.dumps({str(s): r for s, r in runs.items()}, indent=1) + "\n")
-    key = get_task(args.task).key_metric.removeprefix("val_")
     seeds = sorted(runs)
     names = sorted(runs[seeds[0]], key=lambda n: n == "initial model")  # the reference row last, after a merge too
-    central = statistics.mean(runs[s]["centralized"]["held_out"] for s in seeds)
+    lines = [
+        f"# Evidence report: `{args.task}`",
+        "",
+        *[x for line in _provenance(args, out, seeds, seconds) for x in (line, "")],
+        *_results_table(args.task, runs, seeds, names),
+        *_privacy_section(runs, seeds),
+        *_learning_curves(args.task, runs[seeds[0]], seeds[0], names, out),  # seed 0 (or the first seed)
+        *_cross_site_maps(args.task, runs[seeds[0]], names, out),
+    ]
+    report = out / "report.md"
+    report.write_text("\n".join(lines) + "\n")
+    return report
+
+
+def _provenance(args: argparse.Namespace, out: Path, seeds: list[int], seconds: float) -> list[str]:
+    """How the rows were made: this run; after a ``--merge`` the earlier report's lines for its other rows first."""
     made = (
         f"`oncofl report {getattr(args, 'command_line', '')}` on {time.strftime('%Y-%m-%d')} "
         f"({seconds / 60:.0f} min, CPU: {torch.get_num_threads()} threads; seeds {seeds})."
     )
-    provenance = [f"Made by {made}"]
-    if args.merge:  # keep how the other rows were made
-        old = (out / "report.md").read_text().splitlines() if (out / "report.md").is_file() else []
-        rows = f"Rows {', '.join(args.merged_names)} and the initial model (re)run by "
-        # an earlier rerun of the same rows is replaced by this one, not listed beside it
-        provenance = [line for line in old if line.startswith(("Made by", "Rows ")) and not line.startswith(rows)]
-        provenance.append(rows + made)
+    if not args.merge:
+        return [f"Made by {made}"]
+    old = (out / "report.md").read_text().splitlines() if (out / "report.md").is_file() else []
+    rows = f"Rows {', '.join(args.merged_names)} and the initial model (re)run by "
+    # an earlier rerun of the same rows is replaced by this one, not listed beside it
+    kept = [line for line in old if line.startswith(("Made by", "Rows ")) and not line.startswith(rows)]
+    return [*kept, rows + made]
+
+
+def _results_table(task: str, runs: dict[int, dict[str, dict]], seeds: list[int], names: list[str]) -> list[str]:
+    """One row per model: held-out mean ± sd, ratio to centralized, worst site, then each seed's held-out score."""
+    key = get_task(task).key_metric.removeprefix("val_")
+    central = statistics.mean(runs[s]["centralized"]["held_out"] for s in seeds)
     lines = [
-        f"# Evidence report: `{args.task}`",
-        "",
-        *[x for line in provenance for x in (line, "")],
         f"Held-out {key}: the shared held-out cases, no site trained on them (personalized / local: mean over the "
         "sites' models). Worst site: the lowest score over the sites, each on its own validation split, of the "
         f"model that site uses. Mean ± sd over {len(seeds)} seeds; ratio = held-out / centralized.",
@@ -257,74 +285,102 @@ def write_report(args: argparse.Namespace, runs: dict[int, dict[str, dict]], sec
             f"| {name} | {_mean_sd(held)} | {statistics.mean(held) / central:.3f} | "
             f"{_mean_sd(worst) if worst else '-'} | " + " | ".join(f"{v:.4f}" for v in held) + " |"
         )
+    return lines
+
+
+def _privacy_section(runs: dict[int, dict[str, dict]], seeds: list[int]) -> list[str]:
+    """Per DP run and seed: the epsilon budget and what each site spent (nothing without DP runs)."""
     privacy = [
         (s, n, r["privacy.json"])
         for s in seeds
         for n, r in runs[s].items()
         if "privacy.json" in r and r["privacy.json"]
     ]
-    if privacy:
-        lines += ["", "## Differential privacy", ""]
-        for s, name, p in privacy:
-            spent = {site: entries[-1]["epsilon"] for site, entries in p["sites"].items()}
-            lines.append(
-                f"- seed {s}, {name}: budget ε = {p['epsilon_budget']:g}; spent per site "
-                + ", ".join(f"{site} {eps:.3f}" for site, eps in sorted(spent.items()))
-                + (f"; stopped after round {p['stopped_after_round']}" if p["stopped_after_round"] is not None else "")
-            )
-    # learning curves, seed 0 (or the first seed)
+    if not privacy:
+        return []
+    lines = ["", "## Differential privacy", ""]
+    for s, name, p in privacy:
+        spent = {site: entries[-1]["epsilon"] for site, entries in p["sites"].items()}
+        lines.append(
+            f"- seed {s}, {name}: budget ε = {p['epsilon_budget']:g}; spent per site "
+            + ", ".join(f"{site} {eps:.3f}" for site, eps in sorted(spent.items()))
+            + (f"; stopped after round {p['stopped_after_round']}" if p["stopped_after_round"] is not None else "")
+        )
+    return lines
+
+
+def _pyplot():
+    """matplotlib's pyplot, drawing to files only."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def _learning_curves(task: str, runs: dict[str, dict], seed: int, names: list[str], out: Path) -> list[str]:
+    """Plot one seed's learning curves (``learning_curves.png``); the report's lines showing it."""
+    plt = _pyplot()
+    key = get_task(task).key_metric.removeprefix("val_")
     fig, ax = plt.subplots(figsize=(7, 4))
     for name in names:
-        curve = runs[seeds[0]][name].get("curve")
+        curve = runs[name].get("curve")
         if curve:
             ax.plot(range(len(curve)), curve, marker="o", label=name)
-    ax.axhline(runs[seeds[0]]["centralized"]["held_out"], color="k", linestyle="--", label="centralized (held-out)")
+    ax.axhline(runs["centralized"]["held_out"], color="k", linestyle="--", label="centralized (held-out)")
     ax.set_xlabel("round")
     ax.set_ylabel(f"{key} of the global model (sites' validation data)")
-    ax.set_title(f"{args.task}: learning curves, seed {seeds[0]}")
+    ax.set_title(f"{task}: learning curves, seed {seed}")
     ax.legend(fontsize=7)
     fig.tight_layout()
     fig.savefig(out / "learning_curves.png", dpi=110)
     plt.close(fig)
-    lines += ["", "## Learning curves", "", "![learning curves](learning_curves.png)", ""]
-    # cross-site heat maps of the federated runs, seed 0
+    return ["", "## Learning curves", "", "![learning curves](learning_curves.png)", ""]
+
+
+def _cross_site_maps(task: str, runs: dict[str, dict], names: list[str], out: Path) -> list[str]:
+    """A heat map per run with a cross-site matrix (the federated runs of one seed); the report's lines showing them."""
+    lines = []
     for name in names:
-        cross = runs[seeds[0]][name].get("cross_site")
-        if not cross:
-            continue
-        data_sites = sorted(cross)
-        models = sorted({m for row in cross.values() for m in row})
-        matrix = np.full((len(data_sites), len(models)), np.nan)
-        for i, site in enumerate(data_sites):
-            for j, model in enumerate(models):
-                metrics = cross[site].get(model, {})
-                if metrics:
-                    matrix[i, j] = metrics.get(get_task(args.task).key_metric, np.nan)
-        fig, ax = plt.subplots(figsize=(1.6 + 1.3 * len(models), 1.2 + 0.6 * len(data_sites)))
-        image = ax.imshow(matrix, vmin=0, vmax=1, cmap="viridis")
-        ax.set_xticks(range(len(models)), [m.replace("SRV_", "").replace("_model.pt", "") for m in models], rotation=30)
-        ax.set_yticks(range(len(data_sites)), data_sites)
-        for i in range(len(data_sites)):
-            for j in range(len(models)):
-                if np.isfinite(matrix[i, j]):
-                    ax.text(j, i, f"{matrix[i, j]:.2f}", ha="center", va="center", color="w", fontsize=8)
-        ax.set_xlabel("model")
-        ax.set_ylabel("data of site")
-        ax.set_title(f"cross-site {key}: {name}", fontsize=9)
-        fig.colorbar(image, ax=ax, fraction=0.04)
-        fig.tight_layout()
-        file = f"cross_site_{_slug(name)}.png"
-        fig.savefig(out / file, dpi=110)
-        plt.close(fig)
-        lines += [f"![cross-site {name}]({file})", ""]
-    report = out / "report.md"
-    report.write_text("\n".join(lines) + "\n")
-    return report
+        cross = runs[name].get("cross_site")
+        if cross:
+            file = _cross_site_map(task, name, cross, out)
+            lines += [f"![cross-site {name}]({file})", ""]
+    return lines
 
 
-def main(argv: list[str] | None = None) -> int:
+def _cross_site_map(task: str, name: str, cross: dict[str, dict], out: Path) -> str:
+    """Plot run ``name``'s cross-site matrix (rows: data of a site, columns: model) into ``out``; its file name."""
+    plt = _pyplot()
+    metric = get_task(task).key_metric
+    data_sites = sorted(cross)
+    models = sorted({m for row in cross.values() for m in row})
+    matrix = np.array(
+        [[cross[site].get(model, {}).get(metric, np.nan) for model in models] for site in data_sites], dtype=float
+    )
+    fig, ax = plt.subplots(figsize=(1.6 + 1.3 * len(models), 1.2 + 0.6 * len(data_sites)))
+    image = ax.imshow(matrix, vmin=0, vmax=1, cmap="viridis")
+    ax.set_xticks(range(len(models)), [m.replace("SRV_", "").replace("_model.pt", "") for m in models], rotation=30)
+    ax.set_yticks(range(len(data_sites)), data_sites)
+    for (i, j), value in np.ndenumerate(matrix):
+        if np.isfinite(value):
+            ax.text(j, i, f"{value:.2f}", ha="center", va="center", color="w", fontsize=8)
+    ax.set_xlabel("model")
+    ax.set_ylabel("data of site")
+    ax.set_title(f"cross-site {metric.removeprefix('val_')}: {name}", fontsize=9)
+    fig.colorbar(image, ax=ax, fraction=0.04)
+    fig.tight_layout()
+    file = f"cross_site_{_slug(name)}.png"
+    fig.savefig(out / file, dpi=110)
+    plt.close(fig)
+    return file
+
+
+def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--task", choices=sorted(TASK_JOBS), default="breast_wdbc")
+    tasks = sorted(job.task for job in JOBS if job.evidence_report)
+    parser.add_argument("--task", choices=tasks, default="breast_wdbc")
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     parser.add_argument("--algorithms", nargs="*", default=["fedavg", "fedprox", "fedopt", "scaffold", "fedbn"])
     parser.add_argument("--dp-epsilon", type=float, default=0.0, help="also run FedAvg + DP-SGD with this budget")
@@ -346,26 +402,24 @@ def main(argv: list[str] | None = None) -> int:
         help="run only the federated configurations named here and merge them into --out's results.json "
         "(replacing rows of the same name); centralized and local rows are read from it",
     )
-    args = parser.parse_args(argv)
-    args.command_line = " ".join(sys.argv[1:] if argv is None else argv)  # for the report's provenance line
-    args.out = args.out or str(Path("docs") / "evidence" / args.task)
-    if "fedbn" in args.algorithms:
-        from oncofl.algorithms import fedbn_refusal
-        from oncofl.tasks import get_task
+    return parser
 
-        spec = get_task(args.task)
-        if fedbn_refusal(spec.build_network(), spec.local_state):
-            print(f"fedbn left out: task {args.task}'s network keeps no normalization state (it would be fedavg)")
-            args.algorithms = [a for a in args.algorithms if a != "fedbn"]
-    previous: dict[str, dict[str, Any]] = {}
-    if args.merge:
-        results_file = Path(args.out) / "results.json"
-        if not results_file.is_file():
-            parser.error(f"--merge needs an earlier report's {results_file}")
-        previous = json.loads(results_file.read_text())
-        if sorted(previous) != sorted(str(s) for s in args.seeds):
-            parser.error(f"--merge: {results_file} has seeds {sorted(previous)}, not {args.seeds}")
-    started = time.perf_counter()
+
+def _previous_results(parser: argparse.ArgumentParser, args: argparse.Namespace) -> dict[str, dict[str, Any]]:
+    """With ``--merge``: the earlier report's results, per seed (the same seeds as asked for); else nothing."""
+    if not args.merge:
+        return {}
+    results_file = Path(args.out) / "results.json"
+    if not results_file.is_file():
+        parser.error(f"--merge needs an earlier report's {results_file}")
+    previous = json.loads(results_file.read_text())
+    if sorted(previous) != sorted(str(s) for s in args.seeds):
+        parser.error(f"--merge: {results_file} has seeds {sorted(previous)}, not {args.seeds}")
+    return previous
+
+
+def _run_seeds(args: argparse.Namespace, previous: dict[str, dict[str, Any]]) -> dict[int, dict[str, dict]]:
+    """Every seed's rows (merged into ``previous`` with ``--merge``), saved to ``results.partial.json`` as they come."""
     runs = {}
     with tempfile.TemporaryDirectory() as tmp:
         work = Path(args.keep) if args.keep else Path(tmp)
@@ -378,6 +432,21 @@ def main(argv: list[str] | None = None) -> int:
             partial.parent.mkdir(parents=True, exist_ok=True)
             partial.write_text(json.dumps({str(s): r for s, r in runs.items()}, indent=1) + "\n")
             print(f"seed {seed}: " + ", ".join(f"{n} {r['held_out']:.4f}" for n, r in runs[seed].items()), flush=True)
+    return runs
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = _parser()
+    args = parser.parse_args(argv)
+    args.command_line = " ".join(sys.argv[1:] if argv is None else argv)  # for the report's provenance line
+    args.out = args.out or str(Path("docs") / "evidence" / args.task)
+    spec = get_task(args.task)
+    if "fedbn" in args.algorithms and fedbn_refusal(spec.build_network(), spec.local_state):
+        print(f"fedbn left out: task {args.task}'s network keeps no normalization state (it would be fedavg)")
+        args.algorithms = [a for a in args.algorithms if a != "fedbn"]
+    previous = _previous_results(parser, args)
+    started = time.perf_counter()
+    runs = _run_seeds(args, previous)
     report = write_report(args, runs, time.perf_counter() - started)
     (Path(args.out) / "results.partial.json").unlink(missing_ok=True)
     print(report.read_text())

@@ -20,7 +20,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from . import synthetic, synthetic_lung, synthetic_mammo, wdbc
+from .catalog import by_task
 from .evaluation import holdout_metric
 from .jobs import class_allow_list, job_folder
 from .site_config import ENV_VAR
@@ -99,15 +99,6 @@ def run_simulator(
     return SimulatorResult(rc, time.perf_counter() - started, workspace / "server" / "simulate_job")
 
 
-# task -> (default data folder, writer of demo data for 3 sites); other tasks need --data
-TASK_DATA = {
-    "prostate_seg": ("synthetic", synthetic.generate),
-    "breast_wdbc": ("breast_wdbc", wdbc.generate),
-    "breast_mammo_cls": ("synthetic_mammo", synthetic_mammo.generate),
-    "lung_nodule_cls": ("synthetic_lung", synthetic_lung.generate),
-}
-
-
 def executor_args(job: str | Path) -> dict:
     """The OncoFLExecutor arguments of a job folder (task, network, ...)."""
     config = json.loads((Path(job) / "app" / "config" / "config_fed_client.json").read_text())
@@ -117,6 +108,24 @@ def executor_args(job: str | Path) -> dict:
 def job_task(job: str | Path) -> str:
     """The oncofl task a job folder runs."""
     return executor_args(job)["task"]
+
+
+def site_data(task: str, data: str | Path | None) -> Path:
+    """The sites' data to run ``task`` on: ``data``, else the task's demo data folder (``data/<data_folder>`` of its
+    catalog entry); the demo data is written there first when the folder holds no site configs yet."""
+    try:
+        entry = by_task(task)
+    except ValueError:
+        entry = None  # a task no catalog entry names: no demo data
+    if data is None and entry is None:
+        raise LookupError(f"no demo data for task '{task}': pass --data <folder with site_configs/>")
+    folder = Path(data or Path("data") / entry.data_folder)
+    if not (folder / "site_configs").is_dir():
+        if entry is None:
+            raise LookupError(f"{folder} holds no site_configs/ and task '{task}' has no demo data to write there")
+        print(f"making data for 3 sites in {folder} ...", flush=True)
+        entry.write_demo_data(folder)
+    return folder
 
 
 def cross_site_table(path: Path) -> str:
@@ -145,13 +154,11 @@ def main(argv: list[str] | None = None) -> int:
         parser.error(str(e))
 
     task = job_task(job)
-    if args.data is None and task not in TASK_DATA:
-        parser.error(f"no demo data for task '{task}': pass --data <folder with site_configs/>")
-    data = Path(args.data or Path("data") / TASK_DATA[task][0])
+    try:
+        data = site_data(task, args.data)
+    except LookupError as e:
+        parser.error(str(e))
     key = get_task(task).key_metric
-    if not (data / "site_configs").is_dir():
-        print(f"making data for 3 sites in {data} ...", flush=True)
-        TASK_DATA[task][1](data)
     print(f"running {job} in the FLARE simulator with {', '.join(args.sites)} ...", flush=True)
     result = run_simulator(job, args.workspace, data / "site_configs", args.sites)
     if result.returncode != 0:

@@ -167,81 +167,114 @@ def write_dicom_series(
     patient_id: str,
     patient_name: str,
 ) -> None:
-    """Write ``signal`` [x, y, z] as an MR (or CT) series, one Explicit VR Little Endian file per slice."""
+    """Write ``signal`` [x, y, z] as an MR (or CT) series, one Explicit VR Little Endian file per slice. The UIDs are
+    derived from ``uid_seed``: the same seed writes the same files."""
     folder.mkdir(parents=True, exist_ok=True)
-    study_uid = generate_uid(entropy_srcs=[uid_seed, "study"])
-    series_uid = generate_uid(entropy_srcs=[uid_seed, "series"])
-    frame_uid = generate_uid(entropy_srcs=[uid_seed, "frame"])
-    sop_class = CTImageStorage if profile.modality == "CT" else MRImageStorage
+    series_uids = {f"{part}_uid": generate_uid(entropy_srcs=[uid_seed, part]) for part in ("study", "series", "frame")}
     stored = np.clip(np.round((signal - profile.rescale_intercept) / profile.rescale_slope), 0, 4095).astype(np.uint16)
     for k in range(signal.shape[2]):
-        sop_uid = generate_uid(entropy_srcs=[uid_seed, "slice", str(k)])
-        meta = FileMetaDataset()
-        meta.MediaStorageSOPClassUID = sop_class
-        meta.MediaStorageSOPInstanceUID = sop_uid
-        meta.TransferSyntaxUID = ExplicitVRLittleEndian
-        ds = pydicom.Dataset()
-        ds.file_meta = meta
-        ds.SOPClassUID = sop_class
-        ds.SOPInstanceUID = sop_uid
-        ds.StudyInstanceUID = study_uid
-        ds.SeriesInstanceUID = series_uid
-        ds.FrameOfReferenceUID = frame_uid
-        ds.Modality = profile.modality
-        ds.Manufacturer = profile.manufacturer
-        ds.ManufacturerModelName = profile.model_name
-        ds.PatientName = patient_name
-        ds.PatientID = patient_id
-        ds.PatientSex = "M"
-        ds.PatientBirthDate = ""
-        ds.StudyDate = "20240101"
-        ds.StudyTime = "120000"
-        ds.StudyID = "1"
-        ds.AccessionNumber = ""
-        ds.ReferringPhysicianName = ""
-        ds.PositionReferenceIndicator = ""
-        if profile.modality == "MR":
-            ds.ImageType = ["ORIGINAL", "PRIMARY", "M", "ND"]
-            ds.SeriesDescription = "t2_tse_tra (synthetic)"
-            ds.BodyPartExamined = "PROSTATE"
-            ds.PatientPosition = "FFS"
-            ds.ScanningSequence = "SE"
-            ds.SequenceVariant = "SK"
-            ds.ScanOptions = ""
-            ds.MRAcquisitionType = "2D"
-            ds.MagneticFieldStrength = 3
-            ds.RepetitionTime = "4000"
-            ds.EchoTime = "100"
-            ds.EchoTrainLength = 16
-        else:
-            ds.ImageType = ["ORIGINAL", "PRIMARY", "AXIAL"]
-            ds.SeriesDescription = "chest ct (synthetic)"
-            ds.BodyPartExamined = "CHEST"
-            ds.PatientPosition = "HFS"
-            ds.KVP = 120
-            ds.ConvolutionKernel = CT_KERNELS.get(profile.manufacturer, "STANDARD")
-        ds.SeriesNumber = 1
-        ds.InstanceNumber = k + 1
-        ds.ImageOrientationPatient = [1, 0, 0, 0, 1, 0]
-        position = origin_lps + np.array([0, 0, k * profile.slice_thickness])
-        ds.ImagePositionPatient = [_ds(v) for v in position]  # DS values: at most 16 characters each
-        ds.SliceLocation = _ds(position[2])
-        ds.SliceThickness = _ds(profile.slice_thickness)
-        ds.SpacingBetweenSlices = _ds(profile.slice_thickness)
-        ds.PixelSpacing = [_ds(profile.pixel_spacing), _ds(profile.pixel_spacing)]
-        ds.Rows, ds.Columns = signal.shape[1], signal.shape[0]
-        ds.SamplesPerPixel = 1
-        ds.PhotometricInterpretation = "MONOCHROME2"
-        ds.BitsAllocated = 16
-        ds.BitsStored = 12
-        ds.HighBit = 11
-        ds.PixelRepresentation = 0
-        ds.RescaleSlope = _ds(profile.rescale_slope)
-        ds.RescaleIntercept = _ds(profile.rescale_intercept)
-        if profile.modality == "CT":
-            ds.RescaleType = "HU"
-        ds.PixelData = np.ascontiguousarray(stored[:, :, k].T).tobytes()  # [x, y] -> rows x columns
+        ds = _instance(profile, sop_uid=generate_uid(entropy_srcs=[uid_seed, "slice", str(k)]))
+        _set_patient_and_study(ds, profile, patient_id=patient_id, patient_name=patient_name, **series_uids)
+        _set_acquisition(ds, profile)
+        _set_slice(ds, profile, origin_lps, k)
+        _set_pixels(ds, profile, stored[:, :, k])
         ds.save_as(folder / f"IM_{k:04d}.dcm", enforce_file_format=True)
+
+
+def _instance(profile: VendorProfile, *, sop_uid: str) -> pydicom.Dataset:
+    """An empty MR (or CT) image instance: its SOP class and UID, in the file meta too."""
+    sop_class = CTImageStorage if profile.modality == "CT" else MRImageStorage
+    meta = FileMetaDataset()
+    meta.MediaStorageSOPClassUID = sop_class
+    meta.MediaStorageSOPInstanceUID = sop_uid
+    meta.TransferSyntaxUID = ExplicitVRLittleEndian
+    ds = pydicom.Dataset()
+    ds.file_meta = meta
+    ds.SOPClassUID = sop_class
+    ds.SOPInstanceUID = sop_uid
+    return ds
+
+
+def _set_patient_and_study(
+    ds: pydicom.Dataset,
+    profile: VendorProfile,
+    *,
+    patient_id: str,
+    patient_name: str,
+    study_uid: str,
+    series_uid: str,
+    frame_uid: str,
+) -> None:
+    """What every slice of the series shares: patient, study, series, frame of reference, scanner."""
+    ds.StudyInstanceUID = study_uid
+    ds.SeriesInstanceUID = series_uid
+    ds.FrameOfReferenceUID = frame_uid
+    ds.Modality = profile.modality
+    ds.Manufacturer = profile.manufacturer
+    ds.ManufacturerModelName = profile.model_name
+    ds.PatientName = patient_name
+    ds.PatientID = patient_id
+    ds.PatientSex = "M"
+    ds.PatientBirthDate = ""
+    ds.StudyDate = "20240101"
+    ds.StudyTime = "120000"
+    ds.StudyID = "1"
+    ds.AccessionNumber = ""
+    ds.ReferringPhysicianName = ""
+    ds.PositionReferenceIndicator = ""
+    ds.SeriesNumber = 1
+
+
+def _set_acquisition(ds: pydicom.Dataset, profile: VendorProfile) -> None:
+    """The protocol: a prostate T2 TSE (MR) or a chest CT."""
+    if profile.modality == "MR":
+        ds.ImageType = ["ORIGINAL", "PRIMARY", "M", "ND"]
+        ds.SeriesDescription = "t2_tse_tra (synthetic)"
+        ds.BodyPartExamined = "PROSTATE"
+        ds.PatientPosition = "FFS"
+        ds.ScanningSequence = "SE"
+        ds.SequenceVariant = "SK"
+        ds.ScanOptions = ""
+        ds.MRAcquisitionType = "2D"
+        ds.MagneticFieldStrength = 3
+        ds.RepetitionTime = "4000"
+        ds.EchoTime = "100"
+        ds.EchoTrainLength = 16
+    else:
+        ds.ImageType = ["ORIGINAL", "PRIMARY", "AXIAL"]
+        ds.SeriesDescription = "chest ct (synthetic)"
+        ds.BodyPartExamined = "CHEST"
+        ds.PatientPosition = "HFS"
+        ds.KVP = 120
+        ds.ConvolutionKernel = CT_KERNELS.get(profile.manufacturer, "STANDARD")
+
+
+def _set_slice(ds: pydicom.Dataset, profile: VendorProfile, origin_lps: np.ndarray, k: int) -> None:
+    """Slice ``k``'s number and geometry: axial, identity orientation, ``k`` slice thicknesses above the origin."""
+    ds.InstanceNumber = k + 1
+    ds.ImageOrientationPatient = [1, 0, 0, 0, 1, 0]
+    position = origin_lps + np.array([0, 0, k * profile.slice_thickness])
+    ds.ImagePositionPatient = [_ds(v) for v in position]  # DS values: at most 16 characters each
+    ds.SliceLocation = _ds(position[2])
+    ds.SliceThickness = _ds(profile.slice_thickness)
+    ds.SpacingBetweenSlices = _ds(profile.slice_thickness)
+    ds.PixelSpacing = [_ds(profile.pixel_spacing), _ds(profile.pixel_spacing)]
+
+
+def _set_pixels(ds: pydicom.Dataset, profile: VendorProfile, stored: np.ndarray) -> None:
+    """One slice's stored values ``stored`` [x, y] (12 bit) and how they map to the signal (or HU)."""
+    ds.Rows, ds.Columns = stored.shape[1], stored.shape[0]
+    ds.SamplesPerPixel = 1
+    ds.PhotometricInterpretation = "MONOCHROME2"
+    ds.BitsAllocated = 16
+    ds.BitsStored = 12
+    ds.HighBit = 11
+    ds.PixelRepresentation = 0
+    ds.RescaleSlope = _ds(profile.rescale_slope)
+    ds.RescaleIntercept = _ds(profile.rescale_intercept)
+    if profile.modality == "CT":
+        ds.RescaleType = "HU"
+    ds.PixelData = np.ascontiguousarray(stored.T).tobytes()  # [x, y] -> rows x columns
 
 
 # reconstruction kernel named in CT headers, by manufacturer (sharper kernels are the noisier sites)

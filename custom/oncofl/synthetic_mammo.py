@@ -126,13 +126,27 @@ def write_mg(
     patient_id: str,
     rng: np.random.Generator,
 ) -> None:
-    """Store the canonical density image as the vendor would (flip for R, inversion for MONOCHROME1)."""
+    """Store the canonical density image as the vendor would (flip for R, inversion for MONOCHROME1). The UIDs are
+    derived from ``uid_seed``, the noise drawn from ``rng``: the same seeds write the same file."""
     image = density[:, ::-1] if laterality == "R" else density
     max_value = 2**vendor.bits - 1
     signal = 0.1 + 0.8 * np.clip(image * vendor.contrast, 0, 1) + rng.normal(0, vendor.noise, image.shape)
     stored = np.clip(np.round(signal * max_value), 0, max_value)
     if vendor.photometric == "MONOCHROME1":
         stored = max_value - stored
+    ds = _mg_instance(vendor, uid_seed=uid_seed, patient_id=patient_id)
+    _set_view(ds, laterality, view, spacing=vendor.spacing)
+    _set_presentation(ds, vendor)
+    ds.Rows, ds.Columns = image.shape
+    ds.SamplesPerPixel, ds.PhotometricInterpretation = 1, vendor.photometric
+    ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = 16, vendor.bits, vendor.bits - 1, 0
+    ds.PixelData = stored.astype(np.uint16).tobytes()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    ds.save_as(path, enforce_file_format=True)
+
+
+def _mg_instance(vendor: MammoVendor, *, uid_seed: str, patient_id: str) -> pydicom.Dataset:
+    """A "for presentation" MG image of a synthetic patient: SOP, study and series, the vendor's equipment."""
     meta = FileMetaDataset()
     meta.MediaStorageSOPClassUID = MG_SOP
     meta.MediaStorageSOPInstanceUID = generate_uid(entropy_srcs=[uid_seed, "sop"])
@@ -146,13 +160,26 @@ def write_mg(
     ds.PatientName, ds.PatientID, ds.PatientSex, ds.PatientBirthDate = f"SYNTHETIC^{patient_id}", patient_id, "F", ""
     ds.StudyDate, ds.StudyTime, ds.StudyID, ds.AccessionNumber, ds.ReferringPhysicianName = "20240101", "", "1", "", ""
     ds.SeriesNumber, ds.InstanceNumber = 1, 1
+    return ds
+
+
+def _set_view(ds: pydicom.Dataset, laterality: str, view: str, *, spacing: float) -> None:
+    """Which breast and view, how the image is oriented, and the detector's pixel spacing."""
     ds.ImageLaterality, ds.ViewPosition = laterality, view
     ds.PatientOrientation = ["P", "L"] if laterality == "R" else ["A", "R"]
     if view == "MLO":
         ds.PatientOrientation = ["P", "FL"] if laterality == "R" else ["A", "FR"]
-    ds.ImagerPixelSpacing = [format_number_as_ds(float(vendor.spacing))] * 2
+    ds.ImagerPixelSpacing = [format_number_as_ds(float(spacing))] * 2
+    ds.ViewCodeSequence = [
+        _code("R-10242" if view == "CC" else "R-10226", "cranio-caudal" if view == "CC" else "medio-lateral oblique")
+    ]
+
+
+def _set_presentation(ds: pydicom.Dataset, vendor: MammoVendor) -> None:
+    """The rest of the MG / DX image modules' type 1 attributes, as a vendor's "for presentation" export carries
+    them: image type, body part, detector, and how stored values are to be displayed (LUT shape, VOI window)."""
+    max_value = 2**vendor.bits - 1
     ds.PresentationIntentType = "FOR PRESENTATION"
-    # the rest of the MG / DX image modules' type 1 attributes, as a vendor's "for presentation" export carries them
     ds.ImageType = ["ORIGINAL", "PRIMARY", ""]
     ds.BodyPartExamined, ds.BreastImplantPresent, ds.BurnedInAnnotation = "BREAST", "NO", "NO"
     ds.DetectorType, ds.KVP = "DIRECT", 28
@@ -162,16 +189,7 @@ def write_mg(
     ds.RescaleIntercept, ds.RescaleSlope, ds.RescaleType = "0", "1", "US"
     ds.WindowCenter, ds.WindowWidth = format_number_as_ds(max_value / 2), format_number_as_ds(float(max_value + 1))
     ds.VOILUTFunction = "LINEAR"
-    ds.ViewCodeSequence = [
-        _code("R-10242" if view == "CC" else "R-10226", "cranio-caudal" if view == "CC" else "medio-lateral oblique")
-    ]
     ds.AnatomicRegionSequence = [_code("T-04000", "Breast")]
-    ds.Rows, ds.Columns = image.shape
-    ds.SamplesPerPixel, ds.PhotometricInterpretation = 1, vendor.photometric
-    ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = 16, vendor.bits, vendor.bits - 1, 0
-    ds.PixelData = stored.astype(np.uint16).tobytes()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    ds.save_as(path, enforce_file_format=True)
 
 
 def write_site(

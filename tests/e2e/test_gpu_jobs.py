@@ -12,7 +12,6 @@ to write ``gpu_job_<task>.json`` with the measured numbers.
 
 from __future__ import annotations
 
-import importlib
 import json
 import os
 import re
@@ -23,17 +22,13 @@ import psutil
 import pytest
 import torch
 
+from oncofl.catalog import JOBS, by_task
 from oncofl.evaluation import holdout_metric
-from oncofl.simulate import TASK_DATA, executor_args, run_simulator
+from oncofl.simulate import executor_args, run_simulator
 
 SITES = ["site-1", "site-2", "site-3"]
 CARD_GIB = 24.0  # the smallest card a site is told it can use
-# task -> (job definition module, data generator keyword arguments)
-JOBS = {
-    "prostate_seg": ("prostate_mri_seg", {}),
-    "breast_mammo_cls": ("breast_mammo_cls", {"scale": 4}),  # 832 x 640 detector images (0.26 mm) -> 512 x 512
-    "lung_nodule_cls": ("lung_nodule_cls", {}),
-}
+TASKS = [job.task for job in JOBS if job.imaging]  # each at its GPU size: the catalog's gpu_data
 PEAK = re.compile(r"peak GPU memory ([\d.]+) GiB allocated, ([\d.]+) GiB reserved")
 
 pytestmark = [
@@ -45,11 +40,11 @@ pytestmark = [
 
 def task_data(task: str, tmp_path: Path) -> Path:
     """The task's synthetic sites: the shared folder if one was made, else written here."""
-    folder, generate = TASK_DATA[task]
+    job = by_task(task)
     shared = os.environ.get("ONCOFL_GPU_DATA")
-    root = Path(shared) / folder if shared else tmp_path / "data"
+    root = Path(shared) / job.data_folder if shared else tmp_path / "data"
     if not (root / "site_configs").is_dir():
-        generate(root, seed=0, **JOBS[task][1])
+        job.write_demo_data(root, seed=0, **job.gpu_data)
     return root
 
 
@@ -116,11 +111,10 @@ def site_peaks(workspace: Path) -> dict[str, tuple[float, float]]:
     return peaks
 
 
-@pytest.mark.parametrize("task", list(JOBS))
+@pytest.mark.parametrize("task", TASKS)
 def test_committed_job_learns_on_the_gpu_and_fits_a_24_gb_card(task, tmp_path):
     data = task_data(task, tmp_path)
-    definition = importlib.import_module(f"oncofl.jobs.{JOBS[task][0]}")
-    job = definition.export(tmp_path / "jobs", min_clients=3)
+    job = by_task(task).definition().export(tmp_path / "jobs", min_clients=3)
     sampler = DeviceMemorySampler(tmp_path / "ws")
     sampler.start()
     try:

@@ -152,27 +152,24 @@ def test_breast_wdbc_federated_learns_on_real_data(tmp_path):
 
 
 @pytest.mark.parametrize(
-    "task, make_data, job_kwargs",
+    "task, job_kwargs",
     [
         # every site in every round: with the job's default (2 sites + 5 s) an idle CI machine's fast sites close
         # rounds without the largest one, and AUC varied 0.69-0.95 between runs
         (
             "breast_mammo_cls",
-            "synthetic_mammo",
             # GroupNorm (issue 17) learns slower at 1e-3 on this small network: 0.58 -> 0.78 (best 0.72); at 2e-3
             # 0.922, 0.923, 0.959 (best 0.935, 0.935, 0.931) in three runs; at 3e-3 0.74
             {"image_size": 128, "small_network": True, "num_rounds": 8, "min_clients": 3, "learning_rate": 2e-3},
         ),
     ],
 )
-def test_imaging_classification_jobs_learn(tmp_path, task, make_data, job_kwargs):
+def test_imaging_classification_jobs_learn(tmp_path, task, job_kwargs):
     """Synthetic MG / CT DICOM at 3 sites; the CPU variant of each job; AUC on the held-out cases of every vendor."""
-    import importlib
+    from oncofl.catalog import by_task
 
-    generator = importlib.import_module(f"oncofl.{make_data}")
-    definition = importlib.import_module(f"oncofl.jobs.{task}")
-    data = generator.generate(tmp_path / "data", seed=0)
-    job = definition.export(tmp_path / "jobs", **job_kwargs)
+    data = by_task(task).write_demo_data(tmp_path / "data", seed=0)
+    job = by_task(task).definition().export(tmp_path / "jobs", **job_kwargs)
     result = run_simulator(
         job, tmp_path / "ws", data / "site_configs", SITES, timeout=1200, log_file=tmp_path / "simulator.log"
     )

@@ -5,9 +5,10 @@ import sys
 
 import pytest
 
+from oncofl.catalog import JOBS as CATALOG
 from tests.conftest import REPO
 
-JOBS = ["prostate_mri_seg", "breast_wdbc", "breast_mammo_cls", "lung_nodule_cls"]
+JOBS = [job.name for job in CATALOG]
 JOB = REPO / "jobs" / "prostate_mri_seg"
 
 

@@ -2,15 +2,17 @@
 
 A definition writes a job folder that carries settings only (``meta.json`` and the two app configs); the code comes
 from the oncofl installed at each site and at the server. ``oncofl job export <name>`` or ``python jobs/<name>.py``.
+The jobs there are, with their tasks and demo data: :mod:`oncofl.catalog`.
 """
 
 from __future__ import annotations
 
-import importlib
 from pathlib import Path
 from types import ModuleType
 
-JOB_NAMES = ("prostate_mri_seg", "breast_mammo_cls", "lung_nodule_cls", "breast_wdbc")
+from ..catalog import JOBS, by_job
+
+JOB_NAMES = tuple(job.name for job in JOBS)  # the catalog's jobs, in its order
 # A job without code of its own may only build classes on its site's ``class_allow_list`` (FLARE 2.9). These are the
 # ones our jobs build beyond FLARE's default list; every site, the server, the POC and the simulator allow them.
 JOB_COMPONENTS = (
@@ -42,9 +44,7 @@ def class_allow_list(base: list[str] | tuple[str, ...] | None = None, drills: bo
 
 def definition(name: str) -> ModuleType:
     """The module defining job ``name`` (it has ``export(out_dir, **options)`` and ``main(argv)``)."""
-    if name not in JOB_NAMES:
-        raise ValueError(f"unknown job '{name}'; available: {', '.join(JOB_NAMES)}")
-    return importlib.import_module(f"{__name__}.{name}")
+    return by_job(name).definition()
 
 
 def job_folder(job: str | Path, build_dir: str | Path) -> Path:

@@ -12,10 +12,11 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+from ..catalog import by_job
 from .builder import build_fedavg_job, cli
 from .builder import export as export_job
 
-JOB_NAME = "breast_mammo_cls"
+JOB = by_job("breast_mammo_cls")  # its catalog entry: the task it trains, its demo data
 SMALL_NETWORK = {"init_features": 16, "growth_rate": 8, "block_config": [2, 2, 2]}  # ~0.1 M parameters
 
 
@@ -34,8 +35,8 @@ def export(
 ) -> Path:
     """Write ``<out_dir>/breast_mammo_cls/`` and return it."""
     job = build_fedavg_job(
-        JOB_NAME,
-        task="breast_mammo_cls",
+        JOB.name,
+        task=JOB.task,
         num_rounds=num_rounds,
         min_clients=min_clients,
         local_epochs=local_epochs,

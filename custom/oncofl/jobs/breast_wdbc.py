@@ -11,10 +11,11 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+from ..catalog import by_job
 from .builder import build_fedavg_job, cli
 from .builder import export as export_job
 
-JOB_NAME = "breast_wdbc"
+JOB = by_job("breast_wdbc")  # its catalog entry: the task it trains, its demo data
 
 
 def export(
@@ -30,8 +31,8 @@ def export(
 ) -> Path:
     """Write ``<out_dir>/breast_wdbc/`` and return it."""
     job = build_fedavg_job(
-        JOB_NAME,
-        task="breast_wdbc",
+        JOB.name,
+        task=JOB.task,
         num_rounds=num_rounds,
         min_clients=min_clients,
         local_epochs=local_epochs,

@@ -11,11 +11,12 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+from ..catalog import by_job
 from ..dicom.series import SPACING_POLICIES
 from .builder import build_fedavg_job, cli
 from .builder import export as export_job
 
-JOB_NAME = "prostate_mri_seg"
+JOB = by_job("prostate_mri_seg")  # its catalog entry: the task it trains, its demo data
 
 
 def export(
@@ -36,8 +37,8 @@ def export(
     if spacing_policy not in SPACING_POLICIES:
         raise ValueError(f"spacing_policy must be one of {SPACING_POLICIES}, got {spacing_policy!r}")
     job = build_fedavg_job(
-        JOB_NAME,
-        task="prostate_seg",
+        JOB.name,
+        task=JOB.task,
         num_rounds=num_rounds,
         min_clients=min_clients,
         local_epochs=local_epochs,
