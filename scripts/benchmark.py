@@ -34,9 +34,10 @@ import numpy as np
 import torch
 
 from oncofl.catalog import JOBS, by_task
-from oncofl.data import load_split, read_datalist
 from oncofl.engine import DeviceData, Trainer, autocast
 from oncofl.simulate import executor_args
+from oncofl.site.runtime import build_trainer, load_splits
+from oncofl.site.settings import TrainSettings
 from oncofl.site_config import load_site_config
 from oncofl.tasks import get_task
 
@@ -121,14 +122,14 @@ def benchmark_task(
     spec, args = get_task(task), committed_job_args(task)
     batch, network, lr = args.get("batch_size", 4), args.get("network"), args.get("learning_rate", 1e-3)
     config = site_data(task, data_root)
-    split = load_split(read_datalist(config)["training"], spec, spec.params(args.get("preprocess")), config)
+    split = load_splits(config, spec, spec.params(args.get("preprocess")), ("training",))["training"]
     pick = np.arange(steps * batch) % len(split.images)  # exactly `steps` batches
     rate = lambda run, samples: _median_rate(run, samples, device, warmup, repeats)  # noqa: E731
 
     # (a) the site pipeline: one "epoch" of the picked cases, held on the device
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
-    trainer = Trainer(spec, device, learning_rate=lr, seed=0, network=network)
+    trainer = build_trainer(spec, device, TrainSettings(task=task, learning_rate=lr, network=network))
     data = DeviceData.from_numpy(split.images[pick], split.labels[pick], device)
     site_epoch = lambda: trainer.train(data, epochs=1, batch_size=batch)  # noqa: E731
     pipeline = rate(site_epoch, len(pick))

@@ -23,10 +23,11 @@ from pathlib import Path
 import torch
 
 from oncofl import synthetic
-from oncofl.data import load_split, read_datalist
-from oncofl.engine import DeviceData, Trainer, resolve_device
+from oncofl.engine import DeviceData, resolve_device
 from oncofl.jobs.prostate_mri_seg import export
 from oncofl.simulate import executor_args, run_simulator
+from oncofl.site.runtime import build_trainer, load_splits
+from oncofl.site.settings import TrainSettings
 from oncofl.site_config import load_site_config
 from oncofl.tasks import get_task
 
@@ -36,12 +37,12 @@ ROUND_LINE = re.compile(r"round (\d+): global .* (\d+) steps in ([\d.]+) s")
 def standalone(config, args: dict, rounds: int, epochs: int) -> float:
     spec = get_task(args["task"])
     params = spec.params(args.get("preprocess"))
-    cases = read_datalist(config)
-    train = load_split(cases["training"], spec, params, config)  # from the warm cache, as the FL client's rounds
-    val = load_split(cases["validation"], spec, params, config)
+    splits = load_splits(config, spec, params)  # from the warm cache, as the FL client's rounds
+    train, val = splits["training"], splits["validation"]
     device = resolve_device(config.gpu_ids)
     started = time.perf_counter()
-    trainer = Trainer(spec, device, learning_rate=args["learning_rate"], seed=0, network=args.get("network"))
+    job = TrainSettings(task=args["task"], learning_rate=args["learning_rate"], network=args.get("network"))
+    trainer = build_trainer(spec, device, job)
     train_d = DeviceData.from_numpy(train.images, train.labels, device)
     val_d = DeviceData.from_numpy(val.images, val.labels, device)
     for _ in range(rounds):

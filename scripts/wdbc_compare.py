@@ -20,10 +20,11 @@ import numpy as np
 import torch
 
 from oncofl import wdbc
-from oncofl.data import load_split, read_datalist
-from oncofl.engine import DeviceData, Trainer
+from oncofl.engine import DeviceData
 from oncofl.evaluation import holdout_metric
 from oncofl.simulate import run_simulator
+from oncofl.site.runtime import build_trainer, load_splits
+from oncofl.site.settings import TrainSettings
 from oncofl.site_config import parse_site_config
 from oncofl.tasks import get_task
 
@@ -44,7 +45,7 @@ def training_data(root: Path, sites: list[str]) -> DeviceData:
     parts = []
     for site in sites:
         config = parse_site_config({"data_root": str(root / site), "cache_dir": str(root / "cache" / site)})
-        parts.append(load_split(read_datalist(config, ("training",))["training"], spec, {}, config))
+        parts.append(load_splits(config, spec, {}, ("training",))["training"])
     x = np.concatenate([p.images for p in parts])
     y = np.concatenate([p.labels for p in parts])
     return DeviceData.from_numpy(x, y, torch.device("cpu"))
@@ -52,7 +53,8 @@ def training_data(root: Path, sites: list[str]) -> DeviceData:
 
 def train_and_score(root: Path, sites: list[str], args: dict, seed: int) -> float:
     torch.manual_seed(seed)
-    trainer = Trainer(get_task("breast_wdbc"), torch.device("cpu"), learning_rate=args["learning_rate"], seed=seed)
+    job = TrainSettings(task="breast_wdbc", learning_rate=args["learning_rate"], seed=seed)
+    trainer = build_trainer(get_task("breast_wdbc"), torch.device("cpu"), job)
     trainer.train(
         training_data(root, sites), epochs=args["num_rounds"] * args["local_epochs"], batch_size=args["batch_size"]
     )

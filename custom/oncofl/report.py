@@ -37,10 +37,11 @@ import torch
 
 from .algorithms import fedbn_refusal, scheduled_lr
 from .catalog import JOBS, by_task
-from .data import load_split, read_datalist
 from .engine import DeviceData, Trainer, resolve_device
 from .evaluation import holdout_metric
 from .simulate import executor_args, run_simulator
+from .site.runtime import build_trainer, load_splits
+from .site.settings import TrainSettings
 from .site_config import load_site_config
 from .tasks import get_task
 
@@ -91,14 +92,14 @@ def _centralized_trainer(
     parts = []
     for site in sites:
         config = load_site_config(data / "site_configs" / f"{site}.json", site_name=site)
-        parts.append(load_split(read_datalist(config, ("training",))["training"], spec, params, config))
+        parts.append(load_splits(config, spec, params, ("training",))["training"])
     device = resolve_device()
     train = DeviceData.from_numpy(
         np.concatenate([p.images for p in parts]), np.concatenate([p.labels for p in parts]), device
     )
     torch.manual_seed(seed)
-    trainer = Trainer(spec, device, learning_rate=settings["learning_rate"], seed=seed, network=settings.get("network"))
-    return trainer, train
+    job = TrainSettings(task=task, learning_rate=settings["learning_rate"], seed=seed, network=settings.get("network"))
+    return build_trainer(spec, device, job), train
 
 
 def train_pooled(task: str, data: Path, sites: list[str], settings: dict[str, Any], seed: int, out: Path) -> Path:
