@@ -74,13 +74,18 @@ class SiteTemplateBuilder(Builder):
     ``allow_byoc`` names the role), ``resources.json`` (GPU resource manager sized from the participant's
     ``capacity``; no log streaming to the server, since local error messages name the site's files) and
     ``oncofl_site.json.sample`` (the data config the site's IT fills in with ``oncofl site configure``). The server
-    gets the same authorization policy and its job/snapshot storage under ``server_storage`` instead of ``/tmp``."""
+    gets the same authorization policy and its job/snapshot storage under ``server_storage`` instead of ``/tmp``.
+
+    Args (from the builder's ``args`` in ``project.yml``):
+        template_dir: the site templates (default: the package's ``site_templates/``).
+        server_storage: the server's job and snapshot storage folder.
+        allow_byoc: roles that may submit jobs carrying their own code (research mode; none by default, so every site
+            runs only its installed, reviewed oncofl -- see docs/security.md before granting it).
+    """
 
     def __init__(
         self, template_dir: str = "", server_storage: str = "/var/lib/oncofl/flare", allow_byoc: list[str] | None = None
     ):
-        """``allow_byoc``: roles that may submit jobs carrying their own code (research mode; none by default, so
-        every site runs only its installed, reviewed oncofl -- see docs/security.md before granting it)."""
         self.template_dir = Path(template_dir) if template_dir else TEMPLATES
         self.server_storage = server_storage
         self.allow_byoc = list(allow_byoc or [])
@@ -136,8 +141,13 @@ class PackageBuilder(Builder):
     """Every kit's ``startup/`` gets the consortium's oncofl: the wheel, the pinned requirements, the installer
     (``install_oncofl.py``, standard library only) and ``oncofl_package.json`` with their SHA-256, the version and
     the hash of the package's code (what ``oncofl site preflight`` compares with the installed oncofl). Must come
-    before the SignStartupBuilder, which then signs them with the kit. ``wheel``: the wheel file; ``oncofl provision``
-    builds it from the checkout and fills this in."""
+    before the SignStartupBuilder, which then signs them with the kit.
+
+    Args (from the builder's ``args`` in ``project.yml``; ``oncofl provision`` builds the wheel from the checkout and
+    fills them in):
+        wheel: the oncofl wheel file.
+        requirements: its pinned requirements file.
+    """
 
     def __init__(self, wheel: str = "", requirements: str = ""):
         self.wheel = Path(wheel) if wheel else None

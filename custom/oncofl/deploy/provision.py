@@ -31,7 +31,8 @@ from pathlib import Path
 
 import yaml
 
-from .poc import Poc, PocError
+from .deployment import Deployment
+from .workspace import PocError
 
 PROJECT_FILE = Path("provisioning") / "project.yml"  # the consortium's own, in its repository
 DEFAULT_ROOT = Path("provisioning") / "workspace"
@@ -123,10 +124,20 @@ def rehearsal_project(text: str, port: int, storage: Path) -> str:
     return yaml.safe_dump(project, sort_keys=False)
 
 
-class Consortium(Poc):
+class Consortium(Deployment):
     """A provisioned deployment under ``root``: ``project.yml`` (the record), ``nvflare/<project>/state`` (root CA)
     and ``prod_NN`` kit folders. For a rehearsal the kits run here, started from their own ``startup/start.sh``
-    and stopped through the project admin's console (or their ``shutdown.fl``), exactly as the sites would."""
+    and stopped through the project admin's console (or their ``shutdown.fl``), exactly as the sites would.
+
+    What it shares with the POC -- the workspace's folders and environment, the record of the processes it started,
+    the admin sessions and console, job submission and results -- comes from
+    :class:`~oncofl.deploy.deployment.Deployment`; who is who comes from the consortium's ``project.yml``.
+
+    Args:
+        root: the provisioning workspace (it will hold the root CA's private key). Default ``provisioning/workspace``.
+        port: the server's port for a rehearsal on this machine (a real deployment's port is in ``project.yml``).
+        env_overrides: environment variables for every FLARE command and kit (tests give each its own HOME).
+    """
 
     def __init__(self, root: Path = DEFAULT_ROOT, port: int = DEFAULT_REHEARSAL_PORT, env_overrides=None):
         super().__init__(Path(root), port, dict(env_overrides or {}))
@@ -190,7 +201,7 @@ class Consortium(Poc):
         restrict_keys(self.flare_ws)
 
     def _provision(self, *extra: str) -> None:
-        self._nvflare(
+        self.run_nvflare(
             "provision",
             "-p",
             str(self.project_file),
@@ -283,16 +294,9 @@ class Consortium(Poc):
         self.wait_for_clients([n for n in names if n != self.server_name], timeout)
 
     def request_shutdown(self, timeout: float) -> None:
-        from nvflare.fuel.flare_api.api_spec import TargetType
-
-        try:
-            sess = self.session(self.project_admin)
-            try:
-                sess.shutdown(TargetType.ALL)
-            finally:
-                sess.close()
-        except Exception as e:  # the server is down already: stop() falls back to the kits' shutdown.fl
-            print(f"admin shutdown did not go through ({e}); using the kits' local stop", file=sys.stderr)
+        """Ask every participant to shut down through the project admin's session (as the consortium would); when
+        the server is down already, :meth:`stop` falls back to the kits' ``shutdown.fl``."""
+        self.admin.shutdown_all()
 
 
 def print_kits(consortium: Consortium) -> None:
@@ -309,7 +313,7 @@ def print_kits(consortium: Consortium) -> None:
     )
 
 
-def main(argv: list[str] | None = None) -> int:
+def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--root", default=str(DEFAULT_ROOT), help="the provisioning workspace (holds the root CA)")
     parser.add_argument("--port", type=int, default=DEFAULT_REHEARSAL_PORT, help="rehearsal port")
@@ -328,37 +332,59 @@ def main(argv: list[str] | None = None) -> int:
     sub.add_parser("start", help="rehearsal: start the server and every hospital from their kits")
     sub.add_parser("status")
     sub.add_parser("stop")
-    args = parser.parse_args(argv)
+    return parser
 
-    consortium = Consortium(Path(args.root), port=args.port)
-    if args.cmd == "provision":
-        consortium.provision(
-            Path(args.project),
-            rehearse=args.rehearse,
-            wheel=Path(args.wheel) if args.wheel else None,
-            requirements=Path(args.requirements) if args.requirements else None,
-        )
-        if args.rehearse:
-            consortium.configure_for_rehearsal()
-        args.cmd = "kits"
-    if args.cmd == "add-site":
-        kit = consortium.add_site(args.name, args.org, args.gpus, args.gpu_mem)
-        print(f"kit for {args.name}: {kit}\nsend it to {args.name}'s IT; their checklist: provisioning/README.md")
-        if (consortium.root / "server_storage").is_dir():  # a rehearsal: configure it like the others
-            consortium.configure_for_rehearsal(sites=[args.name])
-    elif args.cmd == "kits":
-        print_kits(consortium)
-    elif args.cmd == "start":
-        consortium.start()
-        print(f"server and {', '.join(consortium.site_names)} running on localhost:{consortium.port}")
-    elif args.cmd == "status":
-        state = consortium.status()
-        print(f"connected clients: {', '.join(state['connected_clients']) or 'none'}")
-        for job in state["jobs"]:
-            print(f"job {job.get('job_id')} {job.get('job_name', '')} {job.get('status')}")
-    elif args.cmd == "stop":
-        left = consortium.stop()
-        print("stopped" + (f"; killed leftover PIDs {left}" if left else ""))
+
+def provision_kits(consortium: Consortium, args: argparse.Namespace) -> None:
+    """``provision``: issue every kit (configured with synthetic data for a rehearsal), then list them as ``kits``."""
+    consortium.provision(
+        Path(args.project),
+        rehearse=args.rehearse,
+        wheel=Path(args.wheel) if args.wheel else None,
+        requirements=Path(args.requirements) if args.requirements else None,
+    )
+    if args.rehearse:
+        consortium.configure_for_rehearsal()
+    print_kits(consortium)
+
+
+def add_site(consortium: Consortium, args: argparse.Namespace) -> None:
+    kit = consortium.add_site(args.name, args.org, args.gpus, args.gpu_mem)
+    print(f"kit for {args.name}: {kit}\nsend it to {args.name}'s IT; their checklist: provisioning/README.md")
+    if (consortium.root / "server_storage").is_dir():  # a rehearsal: configure it like the others
+        consortium.configure_for_rehearsal(sites=[args.name])
+
+
+def start(consortium: Consortium, args: argparse.Namespace) -> None:
+    consortium.start()
+    print(f"server and {', '.join(consortium.site_names)} running on localhost:{consortium.port}")
+
+
+def status(consortium: Consortium, args: argparse.Namespace) -> None:
+    state = consortium.status()
+    print(f"connected clients: {', '.join(state['connected_clients']) or 'none'}")
+    for job in state["jobs"]:
+        print(f"job {job.get('job_id')} {job.get('job_name', '')} {job.get('status')}")
+
+
+def stop(consortium: Consortium, args: argparse.Namespace) -> None:
+    left = consortium.stop()
+    print("stopped" + (f"; killed leftover PIDs {left}" if left else ""))
+
+
+COMMANDS = {
+    "provision": provision_kits,
+    "add-site": add_site,
+    "kits": lambda consortium, _args: print_kits(consortium),
+    "start": start,
+    "status": status,
+    "stop": stop,
+}
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    COMMANDS[args.cmd](Consortium(Path(args.root), port=args.port), args)
     return 0
 
 

@@ -165,9 +165,16 @@ def configure(
     parse_site_config(config, site_name=site, source=path)  # refuse a bad config before writing it
     path.write_text(json.dumps(config, indent=2) + "\n")
 
-    resources = json.loads(_resources_file(kit / "local").read_text())
-    for component in resources.get("components", []):  # FLARE's GPU manager offers the host's first N GPUs; ours
-        if component.get("id") == "resource_manager":  # offers the ones the site names (oncofl.site_gpus)
+    _offer_gpus(kit / "local", gpu_ids, gpu_mem)
+    return path
+
+
+def _offer_gpus(local: Path, gpu_ids: list[int], gpu_mem: int) -> None:
+    """Write ``local/resources.json`` with oncofl.site_gpus' resource manager and consumer: FLARE's GPU manager
+    offers the host's first N GPUs; ours offers the ones the site names."""
+    resources = json.loads(_resources_file(local).read_text())
+    for component in resources.get("components", []):
+        if component.get("id") == "resource_manager":
             expiration = component.get("args", {}).get("expiration_period", 300)
             component["path"] = "oncofl.site_gpus.SiteGPUResourceManager"
             component["args"] = {
@@ -177,8 +184,7 @@ def configure(
             }
         elif component.get("id") == "resource_consumer":
             component["path"], component["args"] = "oncofl.site_gpus.SiteGPUConsumer", {}
-    (kit / "local" / "resources.json").write_text(json.dumps(resources, indent=2) + "\n")
-    return path
+    (local / "resources.json").write_text(json.dumps(resources, indent=2) + "\n")
 
 
 # ------------------------------------------------------------------------------------------------- preflight
@@ -376,19 +382,23 @@ def preflight(kit: Path, connect: bool = False, decode: bool = False) -> list[tu
     package_problems, package_detail = check_package(startup)
     row("oncofl package", package_problems, package_detail)
     if connect:
-        target = json.loads((startup / "fed_client.json").read_text())["servers"][0]["service"]["target"]
-        host, _, port = target.rpartition(":")
-        try:
-            with socket.create_connection((host, int(port)), timeout=5):
-                pass
-        except OSError as e:
-            row("server reachable", [f"{target}: {e} (firewall? DNS? is the server up?)"])
-        else:
-            row("server reachable", [], target)
+        row("server reachable", *check_connection(startup))
     return rows
 
 
-def main(argv: list[str] | None = None) -> int:
+def check_connection(startup: Path) -> tuple[list[str], str]:
+    """Whether the server's address (from ``fed_client.json``) resolves and its port answers; and the address."""
+    target = json.loads((startup / "fed_client.json").read_text())["servers"][0]["service"]["target"]
+    host, _, port = target.rpartition(":")
+    try:
+        with socket.create_connection((host, int(port)), timeout=5):
+            pass
+    except OSError as e:
+        return [f"{target}: {e} (firewall? DNS? is the server up?)"], ""
+    return [], target
+
+
+def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = parser.add_subparsers(dest="cmd", required=True)
     p = sub.add_parser("configure", help="write this site's data/GPU settings into its kit")
@@ -412,35 +422,51 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--python", default=sys.executable, help="the environment to install into (its python)")
     p.add_argument("--no-deps", action="store_true", help="the pinned requirements are installed already")
     p.add_argument("--target", default=None, help="install into this folder instead (pip --target)")
-    args = parser.parse_args(argv)
+    return parser
 
-    try:
-        if args.cmd == "configure":
-            gpus = [] if args.gpus.strip().lower() in ("", "none") else [int(g) for g in args.gpus.split(",")]
-            path = configure(
-                Path(args.kit),
-                data_root=Path(args.data_root),
-                cache_dir=Path(args.cache_dir),
-                gpu_ids=gpus,
-                gpu_mem=args.gpu_mem,
-                num_workers=args.workers,
-                ca_fingerprint=args.ca_fingerprint,
-            )
-            print(f"wrote {path} and local/resources.json ({len(gpus)} GPU(s)); next: oncofl site preflight")
-            return 0
-        if args.cmd == "install":
-            manifest = install_package(Path(args.kit), args.python, deps=not args.no_deps, target=args.target)
-            print(f"installed oncofl {manifest['version']} from the kit; next: oncofl site preflight")
-            return 0
-        rows = preflight(Path(args.kit), connect=args.connect, decode=args.decode)
-    except (SetupError, subprocess.CalledProcessError) as e:
-        print(f"ERROR: {e}", file=sys.stderr)
-        return 2
+
+def _configure_command(args: argparse.Namespace) -> int:
+    gpus = [] if args.gpus.strip().lower() in ("", "none") else [int(g) for g in args.gpus.split(",")]
+    path = configure(
+        Path(args.kit),
+        data_root=Path(args.data_root),
+        cache_dir=Path(args.cache_dir),
+        gpu_ids=gpus,
+        gpu_mem=args.gpu_mem,
+        num_workers=args.workers,
+        ca_fingerprint=args.ca_fingerprint,
+    )
+    print(f"wrote {path} and local/resources.json ({len(gpus)} GPU(s)); next: oncofl site preflight")
+    return 0
+
+
+def _install_command(args: argparse.Namespace) -> int:
+    manifest = install_package(Path(args.kit), args.python, deps=not args.no_deps, target=args.target)
+    print(f"installed oncofl {manifest['version']} from the kit; next: oncofl site preflight")
+    return 0
+
+
+def _print_preflight(rows: list[tuple[str, bool, str]]) -> int:
+    """One PASS/FAIL line per check; 1 when any failed."""
     for name, ok, detail in rows:
         print(f"{'PASS' if ok else 'FAIL'}  {name:17} {detail}")
     failed = [name for name, ok, _ in rows if not ok]
     print("\nready: start the client with startup/start.sh" if not failed else f"\n{len(failed)} check(s) failed")
     return 1 if failed else 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        if args.cmd == "configure":
+            return _configure_command(args)
+        if args.cmd == "install":
+            return _install_command(args)
+        rows = preflight(Path(args.kit), connect=args.connect, decode=args.decode)
+    except (SetupError, subprocess.CalledProcessError) as e:
+        print(f"ERROR: {e}", file=sys.stderr)
+        return 2
+    return _print_preflight(rows)
 
 
 if __name__ == "__main__":
