@@ -231,8 +231,8 @@ class Trainer:
         world, rank = _world()
         distributed = _distributed()  # a process group of any size, one rank included: DDP and its collectives
         if distributed:
-            if any(h.single_device for h in self.hooks):
-                raise ValueError("SCAFFOLD and DP-SGD run on one device per site; this site is configured with several")
+            if single := [h.label for h in self.hooks if h.single_device]:
+                raise ValueError(f"{', '.join(single)}: one device per site, and this site is configured with several")
             self._sync_from_rank0()  # rank 0 loaded this round's global weights
         if self.task.prepare is not None and all(h.allows_task_prepare for h in self.hooks):
             self.task.prepare(self.model, data.images)

@@ -1,15 +1,11 @@
 """The FLARE Executor that runs at every hospital: a thin adapter over the site runtime (:mod:`oncofl.site`).
 
-FL touchpoints, in order:
-  (1) the site runtime finds and validates the site config, checks the datalist and preprocesses (caches) every case
-      -- once, at the first task;
-  (2) ``train``: the global weights go in; the runtime scores them on local validation data (best-model selection),
-      trains ``local_epochs`` and hands back what to send, with ``NUM_STEPS_CURRENT_ROUND`` for weighting;
-  (3) ``validate``: score a model sent by the server (cross-site evaluation);
-  (4) ``submit_model``: return this site's last locally trained model.
-Anything that goes wrong is logged in full locally and answered with an error reply whose ``oncofl_error`` header
-names the site, the datalist item, the error's type and the fix -- fixed texts only, never a path, a value read from
-a file or an exception's message (and redacted once more on the way out) -- so the server can log it.
+FL touchpoints: (1) at the first task the runtime finds the site config, checks the data and preprocesses (caches)
+every case; (2) ``train``: the global weights go in, the runtime scores them on local validation data (best-model
+selection), trains ``local_epochs`` and hands back what to send, with ``NUM_STEPS_CURRENT_ROUND`` for weighting;
+(3) ``validate``: score a model sent by the server (cross-site evaluation); (4) ``submit_model``: this site's last
+local model. A failure is logged in full locally and answered with an error reply whose ``oncofl_error`` header names
+the site, the datalist item, the error's type and the fix -- fixed texts only, redacted once more on the way out.
 """
 
 from __future__ import annotations

@@ -107,7 +107,12 @@ class SiteHook:
 
 
 class LRSchedule(SiteHook):
-    """The round's learning rate from the job's schedule (:func:`oncofl.algorithms.scheduled_lr`)."""
+    """The round's learning rate from the job's schedule (:func:`oncofl.algorithms.scheduled_lr`).
+
+    Args:
+        base: the job's learning rate (round 0's).
+        schedule: ``constant`` or ``cosine``.
+    """
 
     def __init__(self, base: float, schedule: str) -> None:
         self.base, self.schedule = base, schedule
@@ -125,7 +130,11 @@ class ResetOptimizerState(SiteHook):
 
 
 class WeightDecay(SiteHook):
-    """Decoupled weight decay (AdamW's): each step also shrinks every weight by ``lr * decay``."""
+    """Decoupled weight decay (AdamW's): each step also shrinks every weight by ``lr * decay``.
+
+    Args:
+        decay: the decay factor (the job's ``weight_decay``).
+    """
 
     def __init__(self, decay: float) -> None:
         self.decay = decay
@@ -137,7 +146,11 @@ class WeightDecay(SiteHook):
 
 
 class FedProx(SiteHook):
-    """FedProx: mu/2 ||w - w_global||^2 added to the local loss (FLARE's ``PTFedProxLoss``)."""
+    """FedProx: mu/2 ||w - w_global||^2 added to the local loss (FLARE's ``PTFedProxLoss``).
+
+    Args:
+        mu: the proximal weight (the job's ``fedprox_mu``).
+    """
 
     def __init__(self, mu: float) -> None:
         from nvflare.app_opt.pt.fedproxloss import PTFedProxLoss
@@ -218,7 +231,12 @@ class Scaffold(SiteHook):
 
 class FedBN(SiteHook):
     """FedBN: normalization state (and the task's own ``local_state``) stays at the site: never sent, never
-    overwritten by the global model; cross-site validation also scores the model with this site's own state."""
+    overwritten by the global model; cross-site validation also scores the model with this site's own state.
+
+    Args:
+        patterns: regular expressions of the task's own per-site state keys (its ``local_state``), besides every
+            normalization layer's.
+    """
 
     def __init__(self, patterns: tuple[str, ...]) -> None:
         self.patterns = patterns
@@ -240,7 +258,14 @@ class FedBN(SiteHook):
 class DPSGD(SiteHook):
     """Sample-level DP-SGD (Opacus): per-sample clipping, Gaussian noise, Poisson sampling, full precision, and a
     ledger of the epsilon spent; the site refuses a round that would exceed the budget. Under DP the training split
-    enters only through DP-SGD: no statistic is computed outside it, and the training loss stays at the site."""
+    enters only through DP-SGD: no statistic is computed outside it, and the training loss stays at the site.
+
+    Args:
+        settings: the job's DP settings (budget, delta, clip, noise).
+        n_samples: this site's training cases (the sampling rate is ``batch_size / n_samples``).
+        batch_size: the expected batch size.
+        epochs_per_round: local epochs per round (the ledger's steps per round).
+    """
 
     allows_task_prepare = False
     single_device = True
