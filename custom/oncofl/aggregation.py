@@ -139,8 +139,23 @@ def tensor_problem(name: str, value: Any, reference: Any) -> str | None:
 
 
 class RobustAggregator(Aggregator):
-    """See the module docstring. ``max_update_norm`` / ``reject_update_norm`` / ``reject_norm_factor`` /
-    ``max_weight_factor`` = 0: off."""
+    """Refuses, rejects, bounds, weighs and combines the sites' updates of a round: see the module docstring.
+
+    Args:
+        method: how the accepted updates are combined, per tensor: ``"mean"`` (default; FedAvg, weighted by the
+            capped step counts), ``"median"`` (coordinate-wise) or ``"trimmed_mean"`` (coordinate-wise).
+        trim_fraction: ``"trimmed_mean"`` only: the fraction of the sites' values cut at each end of every
+            coordinate (``floor(trim_fraction x number of updates)`` values each end), in [0, 0.5); default 0.2.
+        max_update_norm: an accepted update whose L2 norm is above it is scaled down to it (direction kept);
+            0 (default): off.
+        reject_update_norm: an update whose L2 norm is above it is rejected (absolute bound); 0 (default): off.
+        reject_norm_factor: an update whose L2 norm is above this multiple of the upper median of the round's
+            other non-zero update norms is rejected as an outlier (applied with 3 or more updates); above 1,
+            default 10; 0: off.
+        max_weight_factor: ``"mean"`` only: a site's weight is at most this multiple of the round's lower median
+            step count (and never above the count it declared with its first accepted update); 1 or more,
+            default 10; 0: no median cap.
+    """
 
     FILE_NAME = "aggregation.json"
 

@@ -100,7 +100,16 @@ class DPSettings:
 
 
 class PrivacyLedger:
-    """One site's DP-SGD state across rounds: the noise it uses and the epsilon it has spent (Opacus RDP)."""
+    """One site's DP-SGD state across rounds: the noise it uses and the epsilon it has spent (Opacus RDP).
+
+    Args:
+        settings: the job's DP settings: the epsilon budget and delta, and the noise multiplier (0: calibrated so
+            that ``planned_rounds`` rounds spend exactly the budget).
+        n_samples: this site's training cases (at least 1); the sampling rate is ``batch_size / n_samples``
+            (at most 1).
+        batch_size: the expected batch size; an epoch is ``ceil(n_samples / batch_size)`` noisy steps.
+        epochs_per_round: local epochs per round: the steps one round adds to the ledger (and the calibration).
+    """
 
     def __init__(self, settings: DPSettings, n_samples: int, batch_size: int, epochs_per_round: int) -> None:
         from opacus.accountants import RDPAccountant

@@ -25,7 +25,18 @@ def known(value: str, vocabulary: Iterable[str], default: str = "other") -> str:
 
 
 class OncoFLError(Exception):
-    """Base class: a problem a person can fix, described with the fix."""
+    """Base class: a problem a person can fix, described with the fix.
+
+    Args:
+        problem: what is wrong: a fixed sentence of this code (no path or value read from a file); in both messages.
+        fix: what the operator should do: a fixed sentence of this code; in both messages.
+        site: the site's name, in both messages; empty: not known yet (see :meth:`with_context`).
+        path: the file concerned, named in the local message only.
+        item: which datalist item failed (e.g. ``training case #3, image``), in both messages; empty: not known
+            yet (see :meth:`with_context`).
+        detail: local-only specifics (values read from files, another exception's message), in the local message
+            only.
+    """
 
     def __init__(
         self, problem: str, *, fix: str, site: str = "", path: str = "", item: str = "", detail: str = ""
@@ -99,7 +110,12 @@ def case_error(error: BaseException, item: str, *, path: str = "") -> SiteDataEr
 
 
 class SiteDataErrors(SiteDataError):
-    """Several bad cases at one site, reported together so the operator can fix them in one pass."""
+    """Several bad cases at one site, reported together so the operator can fix them in one pass.
+
+    Args:
+        errors: the cases' errors, at least one; the first gives this error's problem and fix.
+        site: the site's name, in both messages.
+    """
 
     def __init__(self, errors: list[SiteDataError], *, site: str = "") -> None:
         self.errors = errors

@@ -28,7 +28,19 @@ class UpdateFaultFilter(Filter):
     """At ``sites``: rounds in ``nan_rounds`` send NaN in the first tensor; rounds in ``scale_rounds`` send the
     update (result - global) multiplied by ``factor``; rounds in ``steps_rounds`` claim ``steps`` local steps (a huge
     number, or a string; a list: one claim per round of ``steps_rounds``) instead of the true count; every train
-    result is held back ``delay_s`` seconds (a straggler: a site whose GPU is that much slower)."""
+    result is held back ``delay_s`` seconds (a straggler: a site whose GPU is that much slower).
+
+    Args:
+        sites: the names of the sites whose train results are changed; other sites' pass untouched.
+        nan_rounds: rounds in which the result's first tensor (by name) is all NaN; default none.
+        scale_rounds: rounds in which the update (result - global model received) is multiplied by ``factor``;
+            default none.
+        factor: the multiplier of the update in ``scale_rounds`` (default 100).
+        steps_rounds: rounds in which the result claims ``steps`` local steps; default none.
+        steps: the claimed local step count: any value (default 1e30; a string tests the server's type check), or
+            a list with one claim per round of ``steps_rounds``, in order.
+        delay_s: seconds every train result is held back before it is sent (default 0: none).
+    """
 
     def __init__(
         self,

@@ -25,7 +25,11 @@ from nvflare.private.fed.simulator.simulator_const import SimulatorConstants
 
 
 class OwnClientConnection:
-    """A simulator->worker connection whose start-up message names the worker's own client."""
+    """A simulator->worker connection whose start-up message names the worker's own client.
+
+    Args:
+        conn: the connection FLARE's client runner opened to the worker; every other call goes to it unchanged.
+    """
 
     def __init__(self, conn: Any) -> None:
         self._conn = conn

@@ -55,6 +55,11 @@ class OutgoingGuard:
     Order: the site's own configured roots first (longest first, so a root is removed whole even where it holds
     spaces); then, line by line, everything from the first path-like token to the end of the line (a path may hold
     spaces and commas, so its end cannot be known); then UIDs and dates.
+
+    Args:
+        sensitive: the site's own strings to remove (e.g. its workspace or data root), each also without a trailing
+            separator and with ``/`` and ``\\`` swapped; strings shorter than 3 characters are ignored. More can
+            be added with :meth:`add`.
     """
 
     def __init__(self, sensitive: Iterable[str] = ()) -> None:
@@ -174,6 +179,12 @@ class SiteUpdateGuard(Filter):
     and trimmed of ``exclude_vars`` (the job encrypts it afterwards), but its update norm cannot be measured, so with
     ``max_update_norm`` set it is refused with that reason: run HE jobs in a scope whose guard has
     ``max_update_norm: null`` (the ciphertext aggregation already hides each site's update from the server).
+
+    Args:
+        max_update_norm: an update (``result - received``) whose L2 norm is above it is scaled down to it (a
+            positive number); None (default, ``null`` in JSON): not bounded.
+        exclude_vars: regular expressions searched in the variable names; a matching variable is never sent. None
+            (default): :attr:`DEFAULT_EXCLUDE` (BatchNorm running statistics); ``[]``: nothing is excluded.
     """
 
     DEFAULT_EXCLUDE = (r"running_mean$", r"running_var$", r"num_batches_tracked$")

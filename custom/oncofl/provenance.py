@@ -52,7 +52,12 @@ def mismatch(version: str, code_sha256: str, where: str = "this machine") -> str
 
 
 class ProvenanceCheck(FLComponent):
-    """Ends the job at its start where the installed oncofl differs from the one the job was built for."""
+    """Ends the job at its start where the installed oncofl differs from the one the job was built for.
+
+    Args:
+        version: the oncofl version the job was built with.
+        code_sha256: the SHA-256 of that oncofl's code (:func:`code_hash` where the job was built).
+    """
 
     def __init__(self, version: str, code_sha256: str) -> None:
         super().__init__()

@@ -66,7 +66,15 @@ def site_roots(data: Path) -> dict[str, Path]:
 
 
 class Scorer:
-    """The task's key metric of a checkpoint on the held-out set or on a site's validation split."""
+    """The task's key metric of a checkpoint on the held-out set or on a site's validation split.
+
+    Args:
+        task: the task's name (e.g. ``breast_wdbc``).
+        data: the demo data folder: ``holdout/`` (the held-out cases), ``site_configs/`` (each site's config,
+            naming its data root); the caches are written under its ``cache/``.
+        settings: the job's executor arguments (:func:`job_settings`); their ``network`` and ``preprocess`` build
+            the network and preprocess the cases as the job does.
+    """
 
     def __init__(self, task: str, data: Path, settings: dict[str, Any]) -> None:
         self.task, self.data = task, data

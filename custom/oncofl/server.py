@@ -168,6 +168,11 @@ class AggregatedModelSelector(IntimeModelSelector):
     and decides before aggregation. This one keeps the scores per site and decides after aggregation, over the sites
     :class:`oncofl.aggregation.RobustAggregator` combined (with another aggregator: over the sites it accepted), so a
     refused or rejected site cannot steer which global model is kept as the best.
+
+    Args:
+        key_metric: the name of the metric, in the sites' validation results of the global model, the best model is
+            chosen by (default ``val_accuracy``; higher is better).
+        negate_key_metric: True where lower is better (e.g. a loss): the metric is negated before it is compared.
     """
 
     def __init__(self, key_metric: str = "val_accuracy", negate_key_metric: bool = False) -> None:
@@ -223,6 +228,12 @@ class PrivacyBudgetScatterAndGather(ScatterAndGather):
     ``epsilon_budget``, the workflow ends: the round's global model is kept, cross-site evaluation follows, and the
     server log and ``privacy.json`` (downloaded with the results) say which site stopped it and at what epsilon.
     Each site also refuses, on its own, to train past its budget.
+
+    Args:
+        epsilon_budget: the job's epsilon budget (positive; default 2.0): training ends after the round in which a
+            site reports that its next round would exceed it.
+
+    Every other argument is :class:`ScatterAndGather`'s, passed on unchanged.
     """
 
     FILE_NAME = "privacy.json"

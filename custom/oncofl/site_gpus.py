@@ -26,7 +26,16 @@ ENV_ALLOCATED = "ONCOFL_ALLOCATED_GPUS"
 
 
 class SiteGPUResourceManager(GPUResourceManager):
-    """FLARE's GPU resource manager over the site's own ``gpu_ids`` (nvidia-smi indices)."""
+    """FLARE's GPU resource manager over the site's own ``gpu_ids`` (nvidia-smi indices).
+
+    Args:
+        gpu_ids: the GPUs offered to jobs: distinct nvidia-smi indices, e.g. ``[1, 2]``; ``[]``: none.
+        mem_per_gpu_in_GiB: the memory (GiB) each of them offers: a job asking for more per GPU in its
+            ``resource_spec`` waits (FLARE's bookkeeping; not checked against the card).
+        expiration_period: seconds a reservation is held when the job it was made for does not take it (FLARE's
+            ``expiration_period``; a whole number above 0, default 30).
+        ignore_host: True: do not check that every ``gpu_ids`` entry is a GPU of this host (nvidia-smi).
+    """
 
     def __init__(
         self,

@@ -106,3 +106,48 @@ def test_the_executor_is_a_thin_adapter_whose_arguments_are_the_settings():
     params = inspect.signature(OncoFLExecutor.__init__).parameters
     assert {f.name for f in fields(TrainSettings)} <= set(params)
     assert {"algorithm", "fedprox_mu", "lr_schedule", "optimizer_state", "weight_decay"} <= set(ALGORITHM_OPTIONS)
+
+
+def _documented_parameters(doc: str) -> set[str]:
+    """The names an ``Args:`` section documents, Google style: one ``name: ...`` (or ``name (type): ...``) line each."""
+    names: set[str] = set()
+    for section in doc.split("Args:")[1:]:
+        lines = section.splitlines()[1:]
+        indent = None
+        for line in lines:
+            if not line.strip():
+                continue
+            width = len(line) - len(line.lstrip())
+            if indent is None:
+                indent = width
+            if width < indent:
+                break  # the section ended: the next paragraph or section starts less indented
+            head, colon, _ = line.strip().partition(":")
+            name = head.split(" (")[0].strip("*`")
+            if width == indent and colon and name.isidentifier():
+                names.add(name)
+    return names
+
+
+def test_public_constructors_document_their_parameters():
+    undocumented = []
+    for path in sorted(PACKAGE.rglob("*.py")):
+        for node in ast.parse(path.read_text()).body:
+            if not isinstance(node, ast.ClassDef) or node.name.startswith("_"):
+                continue
+            init = next((m for m in node.body if isinstance(m, ast.FunctionDef) and m.name == "__init__"), None)
+            if init is None:
+                continue
+            a = init.args
+            params = [p.arg for p in (a.posonlyargs + a.args)[1:] + a.kwonlyargs]  # *args / **kwargs may be skipped
+            if not params:
+                continue
+            doc = (ast.get_docstring(node) or "") + "\n" + (ast.get_docstring(init) or "")
+            where = f"{path.relative_to(PACKAGE)}:{node.name}"
+            if "Args:" not in doc:
+                undocumented.append(f"{where}: no Args: section")
+                continue
+            missing = [p for p in params if p not in _documented_parameters(doc)]
+            if missing:
+                undocumented.append(f"{where}: Args: lacks {missing}")
+    assert undocumented == []

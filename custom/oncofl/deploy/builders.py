@@ -76,9 +76,12 @@ class SiteTemplateBuilder(Builder):
     ``oncofl_site.json.sample`` (the data config the site's IT fills in with ``oncofl site configure``). The server
     gets the same authorization policy and its job/snapshot storage under ``server_storage`` instead of ``/tmp``.
 
-    Args (from the builder's ``args`` in ``project.yml``):
-        template_dir: the site templates (default: the package's ``site_templates/``).
-        server_storage: the server's job and snapshot storage folder.
+    The arguments come from the builder's ``args`` in ``project.yml``.
+
+    Args:
+        template_dir: the folder of site templates; empty (default): the package's ``site_templates/``.
+        server_storage: the server's storage folder: its job store goes to ``jobs-storage/`` and its snapshots to
+            ``snapshot-storage/`` under it (default ``/var/lib/oncofl/flare``).
         allow_byoc: roles that may submit jobs carrying their own code (research mode; none by default, so every site
             runs only its installed, reviewed oncofl -- see docs/security.md before granting it).
     """
@@ -143,10 +146,13 @@ class PackageBuilder(Builder):
     the hash of the package's code (what ``oncofl site preflight`` compares with the installed oncofl). Must come
     before the SignStartupBuilder, which then signs them with the kit.
 
-    Args (from the builder's ``args`` in ``project.yml``; ``oncofl provision`` builds the wheel from the checkout and
-    fills them in):
-        wheel: the oncofl wheel file.
-        requirements: its pinned requirements file.
+    The arguments come from the builder's ``args`` in ``project.yml``; ``oncofl provision`` builds the wheel from the
+    checkout and fills them in.
+
+    Args:
+        wheel: path of the oncofl wheel file (its file name gives the version); the build fails when it is missing.
+        requirements: path of the wheel's pinned requirements file, copied into each kit as
+            ``oncofl-requirements.txt``; the build fails when it is missing.
     """
 
     def __init__(self, wheel: str = "", requirements: str = ""):

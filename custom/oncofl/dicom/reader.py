@@ -90,6 +90,11 @@ class OncoDicomReader(ImageReader):
     """MONAI reader over :func:`read_dicom`: ``LoadImage(reader=OncoDicomReader())("series_folder/")``.
 
     Volumes come out ``[x, y, z]`` with their RAS affine (space RAS), radiographs ``[row, col]``.
+
+    Args:
+        spacing_policy: volumes whose slice spacing is not uniform (a missing slice): ``"refuse"`` (default: a
+            :class:`DicomReadError`) or ``"resample"`` (interpolated onto a uniform grid).
+        crop: projection radiographs only: crop to the tissue's bounding box (default) or keep the whole image.
     """
 
     def __init__(self, *, spacing_policy: str = "refuse", crop: bool = True) -> None:

@@ -24,9 +24,15 @@ class MammoNet(DenseNet):
     """MONAI 2D DenseNet, 1 channel in, 2 classes out. Defaults = DenseNet121; jobs may choose a lighter variant.
 
     Args:
+        init_features: the channels of the stem convolution (default 64).
+        growth_rate: the channels each dense layer adds (default 32).
+        block_config: the number of dense layers in each dense block (default ``(6, 12, 24, 16)``, DenseNet121).
+        init_seed: the seed the initial weights are drawn from, without touching the caller's random state (default
+            0); None: drawn from the caller's random state.
         norm: ``"group"`` (default: GroupNorm with ``num_groups``, no running statistics) or ``"batch"`` (BatchNorm,
             whose running statistics a hospital's privacy guard keeps at the site); see
             :class:`oncofl.tasks.lung_nodule_cls.LungNoduleNet`.
+        num_groups: the GroupNorm groups with ``norm="group"`` (default 8); unused with ``"batch"``.
     """
 
     def __init__(

@@ -56,6 +56,13 @@ class WDBCNet(nn.Module):
     maps the published feature ranges (:data:`FEATURE_DOMAIN`) onto [-3, 3] instead: constants of the code, not
     state, so the moments that travel start at 0 / 1 and an update filter that shares only part of an update (FLARE's
     percentile filter) cannot mix the two.
+
+    Args:
+        in_features: the number of input features (default 30, the WDBC features); with another number there is no
+            published range, so inputs pass unscaled until the pooled moments are in.
+        hidden: the width of the hidden layer (default 32).
+        init_seed: the seed the initial weights are drawn from, without touching the caller's random state (default
+            0); None: drawn from the caller's random state.
     """
 
     def __init__(

@@ -28,10 +28,15 @@ class LungNoduleNet(ResNet):
     """MONAI 3D ResNet (basic blocks) with a strided 7^3 stem; 2 classes.
 
     Args:
+        layers: the basic blocks in each of the 4 stages (default ``(1, 1, 1, 1)``).
+        widths: the channels of each of the 4 stages (default ``(16, 32, 64, 128)``).
+        init_seed: the seed the initial weights are drawn from, without touching the caller's random state (default
+            0); None: drawn from the caller's random state.
         norm: ``"group"`` (default: GroupNorm with ``num_groups``, no running statistics, so the whole model can be
             shared, and DP-SGD works) or ``"batch"`` (BatchNorm: its running statistics describe a site's images,
             and a hospital's privacy guard keeps them at the site, so the global model would keep its initial ones;
             see docs/security.md).
+        num_groups: the GroupNorm groups with ``norm="group"`` (default 8); unused with ``"batch"``.
     """
 
     def __init__(

@@ -31,7 +31,18 @@ AFFINE_TOLERANCE_MM = 0.5
 
 
 class ProstateSegNet(UNet):
-    """3D residual UNet, InstanceNorm (no running statistics to disagree between sites), 2 classes."""
+    """3D residual UNet, InstanceNorm (no running statistics to disagree between sites), 2 classes.
+
+    Args:
+        in_channels: the image channels (default 1: the T2 series).
+        out_channels: the output classes (default 2: background, gland).
+        channels: the feature channels of each level of the UNet, top to bottom (default ``(16, 32, 64, 128)``).
+        strides: the downsampling stride between consecutive levels, one fewer than ``channels`` (default
+            ``(2, 2, 2)``).
+        num_res_units: the residual units in each block (default 2).
+        init_seed: the seed the initial weights are drawn from, without touching the caller's random state (default
+            0); None: drawn from the caller's random state.
+    """
 
     def __init__(
         self,
