@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 import json
+import shutil
 from dataclasses import replace
 from pathlib import Path
 
+import nibabel as nib
 import pytest
 
 from oncofl import synthetic  # the installed package (scripts/setup_env.sh: pip install -e .)
+from oncofl.dicom.series import read_series
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -33,6 +36,30 @@ def make_site(root: Path, site: str = "site-1", n_cases: int = 4, **config_field
     path = root / f"{site}.json"
     path.write_text(json.dumps(config))
     return path
+
+
+def save_as_nifti(series: Path, out: Path) -> nib.Nifti1Image:
+    """The DICOM reader's volume written as NIfTI: SeriesVolume's [x, y, z] array and voxel -> RAS affine are
+    NIfTI's own convention, so they are saved as they are."""
+    volume = read_series(series)
+    img = nib.Nifti1Image(volume.array, volume.affine)
+    nib.save(img, out)
+    return img
+
+
+def nifti_site(tmp_path: Path, n_cases: int = 4) -> Path:
+    """A small prostate site whose datalist names NIfTI images (its DICOM series converted, then deleted)."""
+    config_path = make_site(tmp_path, n_cases=n_cases)
+    root = tmp_path / "site-1"
+    datalist = json.loads((root / "datalist.json").read_text())
+    for entries in datalist.values():
+        for entry in entries:
+            image = Path(entry["image"]).parent / "image.nii.gz"
+            save_as_nifti(root / entry["image"], root / image)
+            shutil.rmtree(root / entry["image"])
+            entry["image"] = str(image)
+    (root / "datalist.json").write_text(json.dumps(datalist))
+    return config_path
 
 
 @pytest.fixture

@@ -5,7 +5,9 @@ The datalist is MONAI/Decathlon style JSON, paths relative to the site's data ro
     {"training": [{"image": "cases/case_0003/dicom", "label": "cases/case_0003/label.nii.gz"}, ...],
      "validation": [...]}
 
-``label`` is a file (a mask) for segmentation tasks, or a number (the class) for classification tasks.
+``image`` is a DICOM series folder, a DICOM file (enhanced multi-frame) or a NIfTI file (``.nii``, ``.nii.gz``): the
+tasks read it through :func:`oncofl.volume.read_volume`. ``label`` is a file (a mask) for segmentation tasks, or a
+number (the class) for classification tasks.
 
 Each case is decoded and preprocessed once; the result is cached on disk (``cache_dir``), keyed by the files'
 content (SHA-256) plus the preprocessing parameters, so later rounds and later jobs skip DICOM decoding.

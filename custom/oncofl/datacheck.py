@@ -20,10 +20,10 @@ import numpy as np
 
 from .data import SPLITS, CaseRef, parse_datalist
 from .dicom.pixels import decode_limit
-from .dicom.reader import inspect_dicom, read_dicom
 from .dicom.series import SeriesVolume
 from .errors import SiteDataError, case_error
 from .site_config import SiteConfig
+from .volume import inspect_image, is_nifti, read_image
 
 logger = logging.getLogger(__name__)
 
@@ -72,6 +72,7 @@ def vendor_category(value: str) -> str:
 class SiteReport:
     site: str
     counts: dict[str, int] = field(default_factory=dict)
+    formats: Counter = field(default_factory=Counter)  # readable cases per file format: "DICOM", "NIfTI"
     modalities: Counter = field(default_factory=Counter)
     manufacturers: Counter = field(default_factory=Counter)
     spacings: list[tuple[float, ...]] = field(default_factory=list)
@@ -98,6 +99,7 @@ class SiteReport:
         return {
             "site": self.site,
             "cases": dict(self.counts),
+            "formats": dict(self.formats),
             "modalities": dict(_categories(self.modalities, modality_category)),
             "manufacturers": dict(_categories(self.manufacturers, vendor_category)),
             "spacing_mm": spread(self.spacings),
@@ -113,7 +115,8 @@ class SiteReport:
         s = self.summary()
         lines = [
             f"site {self.site}: " + ", ".join(f"{k} {v}" for k, v in s["cases"].items()) + " cases",
-            f"  modalities {dict(self.modalities)}, manufacturers {dict(self.manufacturers)}",
+            f"  formats {dict(self.formats)}, modalities {dict(self.modalities)}, "
+            f"manufacturers {dict(self.manufacturers)}",
             f"  spacing (mm) {s['spacing_mm']}",
             f"  shape {s['shape']}",
             f"  intensity median p1/p50/p99 {s['intensity_p1_p50_p99']}",
@@ -166,13 +169,14 @@ def _check_cases(config: SiteConfig, decode: bool, splits: tuple[str, ...]) -> S
 
 def _check_case(report: SiteReport, case: CaseRef, decode: bool) -> None:
     """Add one case's facts to the report (headers, and the decoded pixels if ``decode``)."""
-    modality, manufacturer, spacing, shape = inspect_dicom(case.image)  # headers only, the readers' checks
+    modality, manufacturer, spacing, shape = inspect_image(case.image)  # headers only, the readers' checks
     if decode:
-        image = read_dicom(case.image)
+        image = read_image(case.image)
         if isinstance(image, SeriesVolume):
             spacing, shape = image.spacing, image.array.shape
         p1, p50, p99 = np.percentile(image.array, [1, 50, 99])
         report.intensity.append((float(p1), float(p50), float(p99)))
+    report.formats["NIfTI" if is_nifti(case.image) else "DICOM"] += 1
     report.modalities[modality] += 1
     report.manufacturers[manufacturer] += 1
     report.spacings.append(tuple(round(float(s), 3) for s in spacing))

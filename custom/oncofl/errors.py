@@ -89,6 +89,10 @@ class DicomReadError(SiteDataError):
     """A DICOM file or series cannot be read."""
 
 
+class NiftiReadError(SiteDataError):
+    """A NIfTI image cannot be read, or is not one 3D volume with world geometry."""
+
+
 def case_error(error: BaseException, item: str, *, path: str = "") -> SiteDataError:
     """Any exception raised while one case was loaded, as a :class:`SiteDataError` that is safe to report.
 

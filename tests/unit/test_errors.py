@@ -9,7 +9,7 @@ import oncofl
 from oncofl.errors import DicomReadError, SiteDataError, SiteDataErrors, case_error, known
 
 PACKAGE = Path(oncofl.__file__).parent
-ERROR_CALLS = {"OncoFLError", "SiteConfigError", "SiteDataError", "DicomReadError", "fail"}
+ERROR_CALLS = {"OncoFLError", "SiteConfigError", "SiteDataError", "DicomReadError", "NiftiReadError", "fail"}
 # names a problem/fix text may interpolate: positions and values that come from our own code, never from a file
 POSITION_NAMES = {"i", "index", "split", "kind", "tag", "site_name"}
 # numbers our own code passes in (bounds, expected counts), never values read from a file

@@ -1,7 +1,8 @@
 """Lung nodule malignancy from chest CT: HU, isotropic resampling, a patch around each annotated nodule, 3D ResNet.
 
-A case is one nodule: the datalist entry names the CT series (``image``), the class (``label``, 1 = malignant) and the
-nodule centre in DICOM patient coordinates (``center_mm``, LPS mm, as in LUNA16-style annotation CSVs).
+A case is one nodule: the datalist entry names the CT (``image``: a DICOM series, or a NIfTI volume in HU), the class
+(``label``, 1 = malignant) and the nodule centre in DICOM patient coordinates (``center_mm``, LPS mm, as in
+LUNA16-style annotation CSVs).
 """
 
 from __future__ import annotations
@@ -14,9 +15,9 @@ import numpy as np
 import torch
 from monai.networks.nets import ResNet
 
-from ..dicom.series import read_series
 from ..errors import SiteDataError
 from ..preprocess import extract_patches, modules, resample, to_ras, window
+from ..volume import read_volume
 from . import DEFAULT_INIT_SEED, TaskSpec, norm_layer, seeded_init
 from ._classification import auc, make_loss, sensitivity_at_specificity
 
@@ -74,9 +75,9 @@ def _array_modules() -> tuple:
 
 @lru_cache(maxsize=4)
 def _volume(image_path: Path, spacing_mm: float) -> tuple[Any, np.ndarray]:
-    """RAS, isotropic HU volume of a series (kept for the other nodules of the same CT)."""
+    """RAS, isotropic HU volume of a CT (DICOM or NIfTI; kept for the other nodules of the same CT)."""
     xp, ndimage = _array_modules()
-    volume = read_series(image_path)
+    volume = read_volume(image_path)
     ras, affine = to_ras(xp.asarray(volume.array), volume.affine, xp)
     return resample(ras, affine, (spacing_mm,) * 3, xp, ndimage, order=1)
 

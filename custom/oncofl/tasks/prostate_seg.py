@@ -1,4 +1,5 @@
-"""Prostate MRI whole-gland segmentation (T2 axial DICOM series + NIfTI mask) with a 3D MONAI UNet."""
+"""Prostate MRI whole-gland segmentation (T2 axial DICOM series or NIfTI volume + NIfTI or DICOM-SEG mask) with a
+3D MONAI UNet."""
 
 from __future__ import annotations
 
@@ -15,9 +16,10 @@ from monai.metrics import compute_dice
 from monai.networks.nets import UNet
 
 from ..dicom.seg import read_seg
-from ..dicom.series import SeriesVolume, read_series
+from ..dicom.series import SeriesVolume
 from ..errors import SiteDataError
 from ..preprocess import Preprocessor
+from ..volume import read_volume
 from . import DEFAULT_INIT_SEED, TaskSpec, seeded_init
 
 # Target grid: 2.5 x 2.5 x 4 mm, 64 x 64 x 16 voxels = 160 x 160 x 64 mm around the image centre.
@@ -125,8 +127,9 @@ def read_label(label_path: Path, volume: SeriesVolume) -> np.ndarray:
 
 
 def load_case(image_path: Path, label_path: Path, params: dict[str, Any]) -> tuple[np.ndarray, np.ndarray]:
-    """DICOM series + mask -> RAS, target spacing, percentile-scaled, centred fixed size (GPU when there is one)."""
-    volume = read_series(image_path, spacing_policy=params["spacing_policy"])
+    """Image (DICOM series or file, or NIfTI) + mask -> RAS, target spacing, percentile-scaled, centred fixed size (GPU
+    when there is one)."""
+    volume = read_volume(image_path, spacing_policy=params["spacing_policy"])
     label = read_label(label_path, volume)
     image, label, _ = _preprocessor(tuple(params["target_spacing"]), tuple(params["volume_size"]))(
         volume.array, volume.affine, label
