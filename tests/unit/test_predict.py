@@ -13,12 +13,13 @@ import numpy as np
 import pydicom
 import pytest
 import torch
+from nvflare.app_opt.pt.model_persistence_format_manager import PTModelPersistenceFormatManager
 
 from oncofl import cli
 from oncofl.dicom.seg import read_seg
 from oncofl.dicom.series import read_series
 from oncofl.errors import ModelFileError
-from oncofl.predict import load_model, predict_series, write_prediction
+from oncofl.predict import load_model, predict_folder, predict_series, write_prediction
 from oncofl.preprocess import GridMap, Preprocessor
 from oncofl.tasks import get_task
 from oncofl.tasks.prostate_seg import ProstateSegNet
@@ -155,9 +156,11 @@ def _nifti(mask: np.ndarray, volume, path: Path) -> Path:
 
 @pytest.fixture(scope="module")
 def model_file(tmp_path_factory) -> Path:
-    """An untrained network saved the way FLARE's persistor saves the global model (a dict with "model")."""
+    """An untrained network saved as FLARE's PTFileModelPersistor saves the global model (its format manager's dict:
+    "model" and "train_conf")."""
     path = tmp_path_factory.mktemp("model") / "FL_global_model.pt"
-    torch.save({"model": ProstateSegNet().state_dict()}, path)
+    flare = PTModelPersistenceFormatManager(ProstateSegNet().state_dict(), default_train_conf={"train": {"model": "x"}})
+    torch.save(flare.to_persistence_dict(), path)
     return path
 
 
@@ -225,3 +228,23 @@ def test_the_command_predicts_every_series_and_reports_the_unreadable_one(cases,
     single = cli.main(["predict", "--task", "prostate_seg", "--model", str(model_file), "--input",
                        str(root / "a" / "dicom"), "--out", str(tmp_path / "one")])  # fmt: skip
     assert single == 0 and (tmp_path / "one" / "dicom" / "seg.dcm").is_file()
+
+
+def test_a_series_with_a_missing_slice_is_refused_or_predicted_as_the_jobs_spacing_policy_says(
+    cases, model_file, tmp_path
+):
+    """Refused by default (the reason reported, the series skipped); with the 'resample' policy the volume is
+    interpolated onto a uniform grid and the SEG holds a frame for each remaining image, on its own slice."""
+    folder = tmp_path / "gap" / "dicom"
+    shutil.copytree(cases[0][0], folder)
+    (folder / "IM_0007.dcm").unlink()
+    failures = predict_folder(load_model(model_file, "prostate_seg"), folder, tmp_path / "refused", log=lambda _: None)
+    assert "slice spacing is not uniform" in failures["dicom"] and not (tmp_path / "refused").exists()
+    model = load_model(model_file, "prostate_seg", params={"spacing_policy": "resample"})
+    assert predict_folder(model, folder, tmp_path / "out", log=lambda _: None) == {"dicom": ""}
+    volume = read_series(folder, spacing_policy="resample")
+    label = np.asarray(nib.load(tmp_path / "out" / "dicom" / "mask.nii.gz").dataobj)
+    seg = hd.seg.segread(tmp_path / "out" / "dicom" / "seg.dcm")
+    assert seg.NumberOfFrames == 15 and volume.array.shape[2] == 16
+    np.testing.assert_array_equal(read_seg(tmp_path / "out" / "dicom" / "seg.dcm", volume)[:, :, 7], 0)  # no image
+    np.testing.assert_array_equal(read_seg(tmp_path / "out" / "dicom" / "seg.dcm", volume)[:, :, 8], label[:, :, 8])
