@@ -5,6 +5,7 @@ oncofl job export <job> [--out jobs] [options]          write a job folder (sett
 oncofl make-data <prostate|mammo|lung|wdbc> --out DIR   synthetic (or scikit-learn) data for 3 sites
 oncofl check-site --config oncofl_site.json             check a site's data before joining
 oncofl report --task prostate_seg                       evidence report: federated vs centralized vs local
+oncofl predict --task prostate_seg --model M --input DIR --out DIR   a trained model on DICOM series -> DICOM-SEG
 oncofl poc <demo|prepare|start|submit|...>               the one-workstation rehearsal (real POC)
 oncofl provision <provision|add-site|kits|...>           the consortium's startup kits
 oncofl site <install|configure|preflight> --kit KIT      a hospital's steps with its kit
@@ -25,6 +26,7 @@ from .catalog import JOBS, by_data_kind, by_job
 MODULES = {
     "simulate": "oncofl.simulate",
     "report": "oncofl.report",
+    "predict": "oncofl.predict",
     "poc": "oncofl.deploy.poc",
     "provision": "oncofl.deploy.provision",
     "site": "oncofl.deploy.site",

@@ -81,6 +81,10 @@ class JobError(OncoFLError):
     """What the server sent does not fit this job at this site (model, algorithm, training that diverged)."""
 
 
+class ModelFileError(OncoFLError):
+    """A model file cannot be used: unreadable, not plain weights, or not this task's network."""
+
+
 class SiteDataError(OncoFLError):
     """The site's data (datalist, images, labels) cannot be used as it is."""
 

@@ -44,6 +44,22 @@ TASK_NAMES = tuple(sorted(m.name for m in pkgutil.iter_modules(__path__) if not 
 
 
 @dataclass(frozen=True)
+class SegmentClass:
+    """One foreground class of a segmentation task, as a DICOM-SEG segment names it.
+
+    Args:
+        label: the segment's label (e.g. ``Prostate``).
+        category: the segmented property category as (code value, coding scheme, meaning), e.g. SNOMED CT's
+            ``("123037004", "SCT", "Anatomical Structure")``.
+        property_type: the segmented property type, the same way, e.g. ``("41216001", "SCT", "Prostate")``.
+    """
+
+    label: str
+    category: tuple[str, str, str]
+    property_type: tuple[str, str, str]
+
+
+@dataclass(frozen=True)
 class TaskSpec:
     """Everything task-specific: network, case loading, augmentation, loss, metric.
 
@@ -71,6 +87,12 @@ class TaskSpec:
     local_state: tuple[str, ...] = ()
     # what a datalist 'label' must be: "class" (a number) or "mask" (a file); other labels are refused per case
     label_kind: str = "class"
+    # segmentation tasks `oncofl predict` runs: ``prepare_input(image, params)`` reads a case's image and preprocesses
+    # it exactly as ``load_case`` does, without a label -> (volume as read, network input [C, ...], the
+    # ``preprocess.GridMap`` that maps a label map on the network's grid back onto the volume's); ``segments``: the
+    # foreground classes, in the order of the network's output channels 1, 2, ...
+    prepare_input: Callable[[Path, dict[str, Any]], tuple[Any, np.ndarray, Any]] | None = None
+    segments: tuple[SegmentClass, ...] = ()
 
     def params(self, overrides: dict[str, Any] | None) -> dict[str, Any]:
         """Job hyper-parameters for preprocessing, validated against the task's defaults."""

@@ -18,9 +18,9 @@ from monai.networks.nets import UNet
 from ..dicom.seg import read_seg
 from ..dicom.series import SeriesVolume
 from ..errors import SiteDataError
-from ..preprocess import Preprocessor
+from ..preprocess import GridMap, Preprocessor
 from ..volume import read_volume
-from . import DEFAULT_INIT_SEED, TaskSpec, seeded_init
+from . import DEFAULT_INIT_SEED, SegmentClass, TaskSpec, seeded_init
 
 # Target grid: 2.5 x 2.5 x 4 mm, 64 x 64 x 16 voxels = 160 x 160 x 64 mm around the image centre.
 # spacing_policy: a series with a missing slice is refused ("refuse") or interpolated onto a uniform grid ("resample").
@@ -137,6 +137,15 @@ def load_case(image_path: Path, label_path: Path, params: dict[str, Any]) -> tup
     return image[None], label[None]
 
 
+def prepare_input(image_path: Path, params: dict[str, Any]) -> tuple[SeriesVolume, np.ndarray, GridMap]:
+    """A series for prediction: read and preprocessed by :func:`load_case`'s own code path (no label), with the grid
+    map that puts a predicted label map back on the series' grid."""
+    volume = read_volume(image_path, spacing_policy=params["spacing_policy"])
+    preprocessor = _preprocessor(tuple(params["target_spacing"]), tuple(params["volume_size"]))
+    image, _, _ = preprocessor(volume.array, volume.affine)
+    return volume, image[None], preprocessor.grid(volume.array.shape, volume.affine)
+
+
 def augment(
     images: torch.Tensor, labels: torch.Tensor, generator: torch.Generator
 ) -> tuple[torch.Tensor, torch.Tensor]:
@@ -188,4 +197,6 @@ TASK = TaskSpec(
     metric=mean_dice,
     default_params=DEFAULT_PARAMS,
     label_kind="mask",
+    prepare_input=prepare_input,
+    segments=(SegmentClass("Prostate", ("123037004", "SCT", "Anatomical Structure"), ("41216001", "SCT", "Prostate")),),
 )

@@ -1,0 +1,99 @@
+"""A trained model for prediction: the task's network with the weights of a checkpoint, and the file's sha256."""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from ..engine import resolve_device
+from ..errors import ModelFileError
+from ..evaluation import load_checkpoint
+from ..tasks import TaskSpec, get_task
+
+
+def file_sha256(path: str | Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+@dataclass(frozen=True)
+class TrainedModel:
+    """A task's network holding a checkpoint's weights, in eval mode on ``device``.
+
+    Args:
+        spec: the task.
+        network: the task's network with the checkpoint's weights.
+        params: the task's preprocessing parameters (the job's, or the task's defaults).
+        path: the model file.
+        sha256: the model file's sha256 (hex), written into every output.
+        device: where the network runs.
+    """
+
+    spec: TaskSpec
+    network: torch.nn.Module
+    params: dict[str, Any]
+    path: Path
+    sha256: str
+    device: torch.device
+
+    def predict_labels(self, image: np.ndarray) -> np.ndarray:
+        """Network input ``[C, ...]`` -> label map on the network's grid (uint8, argmax over the classes)."""
+        with torch.inference_mode():
+            logits = self.network(torch.from_numpy(np.ascontiguousarray(image)[None]).to(self.device))
+        if logits.shape[1] != len(self.spec.segments) + 1:
+            raise ModelFileError(
+                "the network's output classes do not match the task's segments",
+                fix="use a model trained for this task, with the job's network settings (--network)",
+                path=str(self.path),
+                detail=f"{logits.shape[1]} output channels, {len(self.spec.segments)} segment(s) + background",
+            )
+        return logits.argmax(dim=1)[0].to(torch.uint8).cpu().numpy()
+
+
+def load_model(
+    path: str | Path,
+    task: str,
+    *,
+    network: dict[str, Any] | None = None,
+    params: dict[str, Any] | None = None,
+    device: torch.device | None = None,
+) -> TrainedModel:
+    """The ``task``'s network (built with the job's ``network`` settings) holding the weights of ``path``: a FLARE
+    global model (``FL_global_model.pt``), a best model, a site's ``local_model.pt`` or a bare state dict, read with
+    ``weights_only`` (:func:`oncofl.evaluation.load_checkpoint`)."""
+    spec = get_task(task)
+    if spec.prepare_input is None:
+        raise ModelFileError(
+            "this task has no prediction yet (only segmentation tasks do)",
+            fix="run predict with a segmentation task such as prostate_seg",
+        )
+    path = Path(path)
+    try:
+        weights = load_checkpoint(path)
+    except Exception as e:  # a missing file, not a torch file, pickled objects (refused by weights_only)
+        raise ModelFileError(
+            f"model file cannot be read as plain weights ({type(e).__name__})",
+            fix="give the path of a model checkpoint saved by the job (FL_global_model.pt, best or local model)",
+            path=str(path),
+            detail=str(e),
+        ) from e
+    model = spec.build_network(**(network or {}))
+    try:
+        model.load_state_dict({k: torch.as_tensor(v) for k, v in weights.items()}, strict=True)
+    except RuntimeError as e:
+        raise ModelFileError(
+            "model file does not fit this task's network",
+            fix="check --task, and pass the job's network settings with --network",
+            path=str(path),
+            detail=str(e)[:500],
+        ) from e
+    device = device or resolve_device()
+    return TrainedModel(spec, model.to(device).eval(), spec.params(params), path, file_sha256(path), device)
