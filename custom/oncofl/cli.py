@@ -1,6 +1,7 @@
 """``oncofl``: one command for what users do. ``oncofl <command> --help`` for each command's options.
 
 oncofl simulate [--job prostate_mri_seg] [--data DIR]   run a job in the FLARE simulator on local data
+oncofl model-card --job-dir DIR [--out FILE]            the model card of a finished run (from its records)
 oncofl job export <job> [--out jobs] [options]          write a job folder (settings only)
 oncofl make-data <prostate|mammo|lung|wdbc> --out DIR   synthetic (or scikit-learn) data for 3 sites
 oncofl check-site --config oncofl_site.json             check a site's data before joining
@@ -25,6 +26,7 @@ from .catalog import JOBS, by_data_kind, by_job
 # commands run by a module's main(argv), imported only when the command runs; the others are below (LOCAL)
 MODULES = {
     "simulate": "oncofl.simulate",
+    "model-card": "oncofl.model_card",
     "report": "oncofl.report",
     "predict": "oncofl.predict",
     "poc": "oncofl.deploy.poc",

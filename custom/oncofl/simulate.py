@@ -23,6 +23,7 @@ from pathlib import Path
 from .catalog import by_task
 from .evaluation import holdout_metric
 from .jobs import class_allow_list, job_folder
+from .model_card import write_model_card
 from .site_config import ENV_VAR
 from .tasks import get_task
 
@@ -141,6 +142,16 @@ def cross_site_table(path: Path) -> str:
     return "\n".join(lines)
 
 
+def holdout_scores(job: Path, task: str, holdout: Path, result: SimulatorResult) -> dict[str, float]:
+    """The held-out scores of the initial, final and best global models ({} without a held-out folder)."""
+    if not holdout.is_dir() or not result.best_model.is_file():
+        return {}
+    job_args = executor_args(job)
+    settings = {"task": task, "network": job_args.get("network"), "params": job_args.get("preprocess")}
+    models = {"initial": None, "final global": result.global_model, "best global": result.best_model}
+    return {name: holdout_metric(model, holdout, **settings) for name, model in models.items()}
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--job", default="prostate_mri_seg", help="a job folder, or a job name (built here)")
@@ -171,17 +182,17 @@ def main(argv: list[str] | None = None) -> int:
     print(f"TensorBoard events : {result.tb_events}   (tensorboard --logdir {result.tb_events})")
     if result.cross_site.is_file():
         print(f"\ncross-site {key} (rows: data of site, columns: model)\n" + cross_site_table(result.cross_site))
-    holdout = data / "holdout"
-    if holdout.is_dir() and result.best_model.is_file():
-        job_args = executor_args(job)
-        settings = {"task": task, "network": job_args.get("network"), "params": job_args.get("preprocess")}
-        initial, final, best = (
-            holdout_metric(model, holdout, **settings) for model in (None, result.global_model, result.best_model)
-        )
+    holdout = holdout_scores(job, task, data / "holdout", result)
+    if holdout:
         print(
-            f"\nheld-out {key.removeprefix('val_')} (cases no site trained on): initial {initial:.3f} -> "
-            f"final global {final:.3f}, best global {best:.3f}"
+            f"\nheld-out {key.removeprefix('val_')} (cases no site trained on): initial {holdout['initial']:.3f} -> "
+            f"final global {holdout['final global']:.3f}, best global {holdout['best global']:.3f}"
         )
+    summary = (
+        f"{len(args.sites)} sites of oncofl's demo data ({by_task(task).data_summary})" if args.data is None else None
+    )
+    card = write_model_card(result.job_dir, holdout=holdout, data_summary=summary)
+    print(f"\nmodel card         : {card}")
     return 0
 
 
