@@ -16,13 +16,14 @@ model files (SHA-256). It names sites, counts and metrics only: no path, no valu
 from __future__ import annotations
 
 import argparse
-import hashlib
 import json
 import sys
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
+
+from .deploy.kit_install import sha256_file
 
 FILE_NAME = "model_card.md"
 INTENDED_USE = (
@@ -124,14 +125,6 @@ def _json(path: Path) -> dict[str, Any]:
     return json.loads(path.read_text()) if path.is_file() else {}
 
 
-def sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
 def read_curve(tb_events: Path, key: str) -> dict[str, dict[int, float]]:
     """Per site, per round: the site's score of the round's global model (``<key>_global``, streamed to the server)."""
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
@@ -168,7 +161,7 @@ def read_run(job_dir: str | Path) -> RunRecord:
         run.curve = read_curve(job_dir / "tb_events", key_metric(run))
     for name in ("FL_global_model.pt", "best_FL_global_model.pt"):
         if (job_dir / "app_server" / name).is_file():
-            run.models[name] = sha256(job_dir / "app_server" / name)
+            run.models[name] = sha256_file(job_dir / "app_server" / name)
     return run
 
 

@@ -39,6 +39,7 @@ from .algorithms import fedbn_refusal, scheduled_lr
 from .catalog import JOBS, by_task
 from .engine import DeviceData, Trainer, resolve_device
 from .evaluation import holdout_metric
+from .model_card import read_curve
 from .simulate import executor_args, run_simulator
 from .site.runtime import build_trainer, load_splits
 from .site.settings import TrainSettings
@@ -123,16 +124,9 @@ def train_pooled(task: str, data: Path, sites: list[str], settings: dict[str, An
 
 def learning_curve(job_dir: Path, key: str) -> list[float]:
     """Per round: the mean over sites of the global model's score on their validation data (as they reported it)."""
-    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
-
-    per_round: dict[int, list[float]] = {}
-    for site_dir in sorted((job_dir / "tb_events").glob("*")):
-        events = EventAccumulator(str(site_dir))
-        events.Reload()
-        if f"{key}_global" in events.Tags()["scalars"]:
-            for e in events.Scalars(f"{key}_global"):
-                per_round.setdefault(e.step, []).append(e.value)
-    return [float(np.mean(per_round[r])) for r in sorted(per_round)]
+    per_site = read_curve(job_dir / "tb_events", key)
+    rounds = sorted({r for curve in per_site.values() for r in curve})
+    return [float(np.mean([curve[r] for curve in per_site.values() if r in curve])) for r in rounds]
 
 
 def run_federated(

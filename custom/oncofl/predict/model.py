@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import hashlib
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -10,18 +9,11 @@ from typing import Any
 import numpy as np
 import torch
 
+from ..deploy.kit_install import sha256_file as file_sha256
 from ..engine import resolve_device
 from ..errors import ModelFileError
 from ..evaluation import load_checkpoint
 from ..tasks import TaskSpec, get_task
-
-
-def file_sha256(path: str | Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 @dataclass(frozen=True)
