@@ -3,6 +3,7 @@ and the command over a folder of series. Real files throughout (synthetic DICOM 
 
 from __future__ import annotations
 
+import json
 import math
 import shutil
 from pathlib import Path
@@ -20,6 +21,7 @@ from oncofl.dicom.seg import read_seg
 from oncofl.dicom.series import read_series
 from oncofl.errors import ModelFileError
 from oncofl.predict import load_model, predict_folder, predict_series, write_prediction
+from oncofl.predict.job import read_job_settings
 from oncofl.preprocess import GridMap, Preprocessor
 from oncofl.tasks import get_task
 from oncofl.tasks.prostate_seg import ProstateSegNet
@@ -248,3 +250,52 @@ def test_a_series_with_a_missing_slice_is_refused_or_predicted_as_the_jobs_spaci
     assert seg.NumberOfFrames == 15 and volume.array.shape[2] == 16
     np.testing.assert_array_equal(read_seg(tmp_path / "out" / "dicom" / "seg.dcm", volume)[:, :, 7], 0)  # no image
     np.testing.assert_array_equal(read_seg(tmp_path / "out" / "dicom" / "seg.dcm", volume)[:, :, 8], label[:, :, 8])
+
+
+def _job_with(tmp_path: Path, **executor_args) -> Path:
+    """A copy of the committed prostate job folder whose executor carries ``executor_args`` besides its own."""
+    job = tmp_path / "job"
+    shutil.copytree(Path(__file__).parents[2] / "jobs" / "prostate_mri_seg", job)
+    client = job / "app" / "config" / "config_fed_client.json"
+    config = json.loads(client.read_text())
+    config["executors"][0]["executor"]["args"].update(executor_args)
+    client.write_text(json.dumps(config))
+    return job
+
+
+def test_the_job_folder_gives_the_network_and_preprocessing_the_model_was_trained_with(cases, tmp_path):
+    """A job trained a smaller network with the 'resample' spacing policy: with ``--job`` the model is rebuilt that
+    way and a series with a missing slice is predicted; without it the weights do not fit the task's default network.
+    A finished run's server folder also gives its global model."""
+    small = {"channels": [8, 16, 32, 64]}
+    job = _job_with(tmp_path, network=small, preprocess={"spacing_policy": "resample"})
+    weights = tmp_path / "small.pt"
+    torch.save(ProstateSegNet(channels=(8, 16, 32, 64)).state_dict(), weights)
+    folder = tmp_path / "gap" / "dicom"
+    shutil.copytree(cases[0][0], folder)
+    (folder / "IM_0007.dcm").unlink()
+
+    args = ["predict", "--model", str(weights), "--input", str(folder)]
+    assert cli.main([*args, "--task", "prostate_seg", "--out", str(tmp_path / "bare")]) == 2  # does not fit
+    assert cli.main([*args, "--job", str(job), "--out", str(tmp_path / "job")]) == 0
+    assert (tmp_path / "job" / "dicom" / "seg.dcm").is_file()
+    assert cli.main([*args, "--job", str(job), "--task", "prostate_seg", "--out", str(tmp_path / "same")]) == 0
+
+    run = tmp_path / "simulate_job"  # a run's server folder: app_server/config + app_server/FL_global_model.pt
+    shutil.copytree(job / "app", run / "app_server")
+    shutil.copy(weights, run / "app_server" / "FL_global_model.pt")
+    settings = read_job_settings(run)
+    assert (settings.task, settings.network, settings.params["spacing_policy"]) == ("prostate_seg", small, "resample")
+    assert settings.global_model == run / "app_server" / "FL_global_model.pt"
+    assert cli.main(["predict", "--job", str(run), "--input", str(folder), "--out", str(tmp_path / "run")]) == 0
+    assert (tmp_path / "run" / "dicom" / "mask.nii.gz").is_file()
+
+
+def test_a_folder_that_is_not_a_job_is_refused_with_the_fix(tmp_path, capsys):
+    with pytest.raises(ModelFileError, match="holds no app\\*/config/config_fed_client.json"):
+        read_job_settings(tmp_path)
+    bad = _job_with(tmp_path, algorithm="no-such-algorithm")
+    with pytest.raises(ModelFileError, match="no valid training settings"):
+        read_job_settings(bad)
+    assert cli.main(["predict", "--job", str(bad), "--input", str(tmp_path), "--out", str(tmp_path / "o")]) == 2
+    assert "Fix:" in capsys.readouterr().out

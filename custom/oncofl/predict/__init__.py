@@ -6,11 +6,13 @@ uses in training); the label map the network predicts returns to the series' gri
 preprocessing (:class:`oncofl.preprocess.GridMap`).
 """
 
+from .job import JobSettings, read_job_settings
 from .model import TrainedModel, file_sha256, load_model
 from .outputs import write_mask, write_seg
 from .run import Prediction, find_series, main, predict_folder, predict_series, write_prediction
 
 __all__ = [
+    "JobSettings",
     "Prediction",
     "TrainedModel",
     "file_sha256",
@@ -19,6 +21,7 @@ __all__ = [
     "main",
     "predict_folder",
     "predict_series",
+    "read_job_settings",
     "write_mask",
     "write_prediction",
     "write_seg",

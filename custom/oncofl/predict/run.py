@@ -10,9 +10,10 @@ from pathlib import Path
 import numpy as np
 
 from ..dicom.series import SeriesVolume
-from ..errors import OncoFLError, SiteDataError
+from ..errors import ModelFileError, OncoFLError, SiteDataError
 from ..preprocess import GridMap
 from ..tasks import TASK_NAMES, get_task
+from .job import read_job_settings
 from .model import TrainedModel, load_model
 from .outputs import write_mask, write_seg
 
@@ -114,19 +115,43 @@ def predict_folder(model: TrainedModel, root: str | Path, out: str | Path, *, lo
     return results
 
 
+def model_from_args(args: argparse.Namespace) -> TrainedModel:
+    """The model the command line names: ``--job`` gives the task, network and preprocessing of the job (and, for a
+    finished run's server folder, its global model); ``--task``/``--model``/``--network``/``--params`` give or
+    override them."""
+    job = read_job_settings(args.job) if args.job else None
+    task = args.task or (job.task if job else None)
+    model = args.model or (job.global_model if job else None)
+    if job and args.task and args.task != job.task:
+        raise ModelFileError(
+            f"--task {args.task} differs from the job's task {job.task}", fix="drop --task, or pass that task's job"
+        )
+    if not task or not model:
+        raise ModelFileError(
+            "no task or no model file",
+            fix="give --job (a job or a finished run's server folder), or --task and --model",
+        )
+    network = {**(job.network if job else {}), **json.loads(args.network)}
+    params = {**(job.params if job else {}), **json.loads(args.params)}
+    return load_model(model, task, network=network, params=params)
+
+
 def main(argv: list[str] | None = None) -> int:
     """Exit 0 when every series was predicted, 1 when any failed (or none was found), 2 for an unusable model."""
     tasks = [name for name in TASK_NAMES if get_task(name).prepare_input is not None]
     parser = argparse.ArgumentParser(prog="oncofl predict", description=__doc__.strip())
-    parser.add_argument("--task", required=True, choices=tasks)
-    parser.add_argument("--model", required=True, help="FL_global_model.pt, a best model, or a site's local_model.pt")
+    parser.add_argument("--task", choices=tasks, help="the task (default: the job's)")
+    parser.add_argument("--model", help="FL_global_model.pt, a best model, or a site's local_model.pt (default: the "
+                        "global model of the run given with --job)")  # fmt: skip
+    parser.add_argument("--job", help="the job folder (jobs/<job>) or a finished run's server folder: its task, "
+                        "network and preprocessing settings (and a run's global model)")  # fmt: skip
     parser.add_argument("--input", required=True, help="a DICOM series folder, or a folder of series folders")
     parser.add_argument("--out", required=True, help="output folder: <series>/seg.dcm and <series>/mask.nii.gz")
-    parser.add_argument("--network", default="{}", help="the job's network settings as JSON (default: the task's)")
-    parser.add_argument("--params", default="{}", help="the job's preprocessing parameters as JSON (default: task's)")
+    parser.add_argument("--network", default="{}", help="network settings as JSON (default: the job's, or the task's)")
+    parser.add_argument("--params", default="{}", help="preprocessing parameters as JSON (default: the job's/task's)")
     args = parser.parse_args(argv)
     try:
-        model = load_model(args.model, args.task, network=json.loads(args.network), params=json.loads(args.params))
+        model = model_from_args(args)
         results = predict_folder(model, args.input, args.out)
     except OncoFLError as e:
         print(e.local_message())

@@ -1,0 +1,71 @@
+"""What a job folder tells prediction: the task, its network settings and its preprocessing parameters, read from the
+executor's arguments in ``config_fed_client.json``, so a model is rebuilt and fed exactly as the job trained it."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, fields
+from pathlib import Path
+from typing import Any
+
+from ..errors import ModelFileError
+from ..site.settings import TrainSettings
+
+GLOBAL_MODEL = "FL_global_model.pt"
+
+
+@dataclass(frozen=True)
+class JobSettings:
+    """The settings prediction needs from a job.
+
+    Args:
+        task: the task name.
+        network: the network builder's arguments (``{}``: the task's defaults).
+        params: the preprocessing overrides (``{}``: the task's defaults).
+        folder: the job folder they were read from.
+        global_model: the job's global model file, where the folder is a finished run's server folder (else None).
+    """
+
+    task: str
+    network: dict[str, Any]
+    params: dict[str, Any]
+    folder: Path
+    global_model: Path | None = None
+
+
+def client_config(folder: Path) -> Path:
+    """The folder's ``config_fed_client.json``: in ``app*/config/`` (a job folder as exported or submitted, a run's
+    server folder ``app_server``) or in ``config/``."""
+    found = [*sorted(folder.glob("app*/config/config_fed_client.json")), *folder.glob("config/config_fed_client.json")]
+    if not found:
+        raise ModelFileError(
+            "the job folder holds no app*/config/config_fed_client.json",
+            fix="pass a job folder (jobs/<job>), or a finished run's server folder (<workspace>/server/simulate_job)",
+            path=str(folder),
+        )
+    return found[0]
+
+
+def read_job_settings(folder: str | Path) -> JobSettings:
+    """The task, network settings and preprocessing parameters of the job in ``folder`` (validated as a site would)."""
+    folder = Path(folder)
+    config = client_config(folder)
+    try:
+        executor = json.loads(config.read_text())["executors"][0]["executor"]["args"]
+        names = {f.name for f in fields(TrainSettings)}
+        settings = TrainSettings.from_job(**{k: v for k, v in executor.items() if k in names})
+    except (OSError, KeyError, IndexError, TypeError, ValueError) as e:  # JSONDecodeError is a ValueError
+        raise ModelFileError(
+            f"the job's client config names no valid training settings ({type(e).__name__})",
+            fix="pass a folder of a job written by `oncofl job export` (or a run of one)",
+            path=str(config),
+            detail=str(e),
+        ) from e
+    model = folder / "app_server" / GLOBAL_MODEL
+    return JobSettings(
+        settings.task,
+        dict(settings.network or {}),
+        dict(settings.preprocess or {}),
+        folder,
+        model if model.is_file() else None,
+    )
