@@ -7,6 +7,7 @@ oncofl make-data <prostate|mammo|lung|wdbc> --out DIR   synthetic (or scikit-lea
 oncofl check-site --config oncofl_site.json             check a site's data before joining
 oncofl report --task prostate_seg                       evidence report: federated vs centralized vs local
 oncofl predict --task prostate_seg --model M --input DIR --out DIR   a trained model on DICOM series -> DICOM-SEG
+oncofl export-bundle --job RUN_DIR [--model M] --out DIR  a trained global model + its job -> a MONAI bundle
 oncofl poc <demo|prepare|start|submit|...>               the one-workstation rehearsal (real POC)
 oncofl provision <provision|add-site|kits|...>           the consortium's startup kits
 oncofl site <install|configure|preflight> --kit KIT      a hospital's steps with its kit
@@ -29,6 +30,7 @@ MODULES = {
     "model-card": "oncofl.model_card",
     "report": "oncofl.report",
     "predict": "oncofl.predict",
+    "export-bundle": "oncofl.predict.bundle",
     "poc": "oncofl.deploy.poc",
     "provision": "oncofl.deploy.provision",
     "site": "oncofl.deploy.site",

@@ -171,7 +171,8 @@ def key_metric(run: RunRecord) -> str:
     return get_task(run.executor["task"]).key_metric
 
 
-def _sites(run: RunRecord) -> list[str]:
+def sites(run: RunRecord) -> list[str]:
+    """The sites the run names: expected in a round, in the cross-site matrix or on the learning curve."""
     rounds = run.participation.get("rounds", [])
     found = {s for r in rounds for s in r.get("expected", [])} | set(run.cross_site) | set(run.curve)
     return sorted(found)
@@ -220,7 +221,7 @@ def _algorithm_lines(run: RunRecord) -> list[str]:
             f"- **Best model** (`best_FL_global_model.pt`): the global model with the highest mean `{key_metric(run)}` "
             "over the sites whose updates were aggregated"
         )
-    lines.append(f"- **Sites**: {len(_sites(run))} ({', '.join(_sites(run))})")
+    lines.append(f"- **Sites**: {len(sites(run))} ({', '.join(sites(run))})")
     return lines
 
 
@@ -361,7 +362,7 @@ def write_model_card(
     return path
 
 
-def _holdout(items: list[str]) -> dict[str, float]:
+def parse_holdout(items: list[str]) -> dict[str, float]:
     scores = {}
     for item in items:
         name, sep, value = item.rpartition("=")
@@ -382,7 +383,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--data-summary", default=None, help="one line on the data (counts only, no paths)")
     args = parser.parse_args(argv)
     try:
-        path = write_model_card(args.job_dir, args.out, holdout=_holdout(args.holdout), data_summary=args.data_summary)
+        path = write_model_card(
+            args.job_dir, args.out, holdout=parse_holdout(args.holdout), data_summary=args.data_summary
+        )
     except (FileNotFoundError, ValueError) as e:
         parser.error(str(e))
     print(f"model card: {path}")

@@ -61,12 +61,32 @@ def load_model(
     """The ``task``'s network (built with the job's ``network`` settings) holding the weights of ``path``: a FLARE
     global model (``FL_global_model.pt``), a best model, a site's ``local_model.pt`` or a bare state dict, read with
     ``weights_only`` (:func:`oncofl.evaluation.load_checkpoint`)."""
+    spec = prediction_task(task)
+    return with_weights(spec.build_network(**(network or {})), path, task, params=params, device=device)
+
+
+def prediction_task(task: str) -> TaskSpec:
+    """The task, refused when it has no prediction (only segmentation tasks have one)."""
     spec = get_task(task)
     if spec.prepare_input is None:
         raise ModelFileError(
             "this task has no prediction yet (only segmentation tasks do)",
             fix="run predict with a segmentation task such as prostate_seg",
         )
+    return spec
+
+
+def with_weights(
+    model: torch.nn.Module,
+    path: str | Path,
+    task: str,
+    *,
+    params: dict[str, Any] | None = None,
+    device: torch.device | None = None,
+) -> TrainedModel:
+    """``model`` (an instance of the ``task``'s network, e.g. one a MONAI bundle config built) holding the weights of
+    ``path``, read with ``weights_only`` and loaded strictly, as a :class:`TrainedModel` in eval mode on ``device``."""
+    spec = prediction_task(task)
     path = Path(path)
     try:
         weights = load_checkpoint(path)
@@ -77,7 +97,6 @@ def load_model(
             path=str(path),
             detail=str(e),
         ) from e
-    model = spec.build_network(**(network or {}))
     try:
         model.load_state_dict({k: torch.as_tensor(v) for k, v in weights.items()}, strict=True)
     except RuntimeError as e:
