@@ -102,6 +102,7 @@ def write_seg(label: np.ndarray, volume: SeriesVolume, folder: Path, spec: TaskS
 
 
 SR_SERIES_NUMBER = 901  # the SR's series number (after the SEG's)
+IMAGING = hd.sr.CodedConcept("363679005", "SCT", "Imaging")  # a task without its own entry below
 UNITLESS = hd.sr.CodedConcept("1", "UCUM", "no units")
 # the procedure each classification task reports on (SNOMED CT)
 PROCEDURES = {
@@ -167,7 +168,7 @@ def write_sr(
     evidence; the patient and study modules are the sources' own, as DICOM requires."""
     report = hd.sr.MeasurementReport(
         observation_context=_observer(spec, sha256),
-        procedure_reported=PROCEDURES[spec.name],
+        procedure_reported=PROCEDURES.get(spec.name, IMAGING),
         imaging_measurements=[measurement_group(spec, sha256, probability, sources, point_mm)],
         referenced_images=sources,
     )
