@@ -43,7 +43,7 @@ def client_config(folder: Path) -> Path:
         raise ModelFileError(
             "the job folder holds no app*/config/config_fed_client.json",
             fix="pass a job folder (jobs/<job>), a finished run's server folder (<workspace>/server/simulate_job) or a "
-        "POC or kit job's downloaded result",
+            "POC or kit job's downloaded result",
             path=str(folder),
         )
     return found[0]
