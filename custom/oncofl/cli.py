@@ -6,7 +6,7 @@ oncofl job export <job> [--out jobs] [options]          write a job folder (sett
 oncofl make-data <prostate|mammo|lung|wdbc> --out DIR   synthetic (or scikit-learn) data for 3 sites
 oncofl check-site --config oncofl_site.json             check a site's data before joining
 oncofl report --task prostate_seg                       evidence report: federated vs centralized vs local
-oncofl predict --task prostate_seg --model M --input DIR --out DIR   a trained model on DICOM series -> DICOM-SEG
+oncofl predict --job RUN --input DIR --out DIR          a trained model on new studies -> DICOM-SEG / SR, CSV
 oncofl export-bundle --job RUN_DIR [--model M] --out DIR  a trained global model + its job -> a MONAI bundle
 oncofl poc <demo|prepare|start|submit|...>               the one-workstation rehearsal (real POC)
 oncofl provision <provision|add-site|kits|...>           the consortium's startup kits

@@ -138,18 +138,39 @@ def read_curve(tb_events: Path, key: str) -> dict[str, dict[int, float]]:
     return curve
 
 
-def read_run(job_dir: str | Path) -> RunRecord:
-    """Everything the card needs from a finished job's server folder (``<workspace>/server/simulate_job``)."""
-    job_dir = Path(job_dir)
-    config = job_dir / "app_server" / "config"
-    if not (config / "config_fed_server.json").is_file() or not (config / "config_fed_client.json").is_file():
+def server_folder(path: str | Path) -> Path:
+    """The job's server folder (the one holding ``app_server/config``): ``path`` itself (the simulator's
+    ``<workspace>/server/simulate_job``), or the one inside a POC or kit job's downloaded result
+    (``<download>/<job id>/workspace``)."""
+    path = Path(path)
+    if (path / "app_server" / "config" / "config_fed_server.json").is_file():
+        return path
+    found = sorted(path.rglob("app_server/config/config_fed_server.json"), key=lambda p: len(p.parts))
+    if not found or not (found[0].parent / "config_fed_client.json").is_file():
         raise FileNotFoundError(
-            f"{job_dir} holds no app_server/config/config_fed_server.json and config_fed_client.json: not a job's "
+            f"{path} holds no app_server/config/config_fed_server.json and config_fed_client.json: not a job's "
             "server folder. Fix: pass the job's server folder, e.g. <workspace>/server/simulate_job for the "
-            "simulator, or the job's downloaded results"
+            "simulator, or a POC or kit job's downloaded result"
         )
+    return found[0].parents[2]
+
+
+def _job_name(job_dir: Path, given: Path) -> str:
+    """The job's name from the nearest ``meta.json`` between the server folder and the folder given."""
+    for folder in (job_dir, *(p for p in job_dir.parents if p == given or given in p.parents)):
+        name = _json(folder / "meta.json").get("name")
+        if name:
+            return name
+    return job_dir.name
+
+
+def read_run(job_dir: str | Path) -> RunRecord:
+    """Everything the card needs from a finished job's server folder (see :func:`server_folder`)."""
+    given = Path(job_dir)
+    job_dir = server_folder(given)
+    config = job_dir / "app_server" / "config"
     run = RunRecord(
-        job=_json(job_dir / "meta.json").get("name", job_dir.name),
+        job=_job_name(job_dir, given),
         server=_json(config / "config_fed_server.json"),
         client=_json(config / "config_fed_client.json"),
         participation=_json(job_dir / "participation.json"),
@@ -356,7 +377,7 @@ def write_model_card(
     """Write the card of the finished job in ``job_dir`` to ``out`` (default: ``app_server/model_card.md``, next to
     the global model); returns its path."""
     run = read_run(job_dir)
-    path = Path(out) if out else Path(job_dir) / "app_server" / FILE_NAME
+    path = Path(out) if out else server_folder(job_dir) / "app_server" / FILE_NAME
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(render(run, holdout=holdout, data_summary=data_summary))
     return path

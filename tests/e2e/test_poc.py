@@ -13,9 +13,12 @@ import psutil
 import pytest
 import torch
 
+from oncofl import cli
 from oncofl.deploy.poc import LEAD, ORG_ADMIN, PROJECT_ADMIN, SERVER, SITES, JobResults, Poc
 from oncofl.evaluation import holdout_metric
 from oncofl.jobs.prostate_mri_seg import export
+from oncofl.model_card import write_model_card
+from oncofl.predict.job import read_job_settings
 from tests.e2e.test_simulator import identifiers
 
 pytestmark = pytest.mark.slow
@@ -133,6 +136,19 @@ def test_admin_console_submission_learns_and_results_download(poc, tmp_path, syn
     final = holdout_metric(result.global_model, synthetic_data / "holdout")
     print(f"POC held-out Dice: initial {initial:.3f}, final global {final:.3f}")
     assert final >= MIN_POC_DICE and final - initial >= MIN_POC_GAIN
+
+    # the downloaded result is all the model card and prediction need: the card from its records, predict's task,
+    # network, preprocessing and global model from its server folder
+    card = write_model_card(result.root).read_text()
+    assert card.startswith("# Model card: prostate_mri_seg (`prostate_seg`)")
+    assert "- **Sites**: 3 (site-1, site-2, site-3)" in card
+    assert all(f"| {r['round']} | 3 of 3 | {', '.join(SITES)} |" in card for r in participation["rounds"])
+    assert read_job_settings(result.root).global_model == result.global_model
+    case = json.loads((synthetic_data / "holdout" / "datalist.json").read_text())["testing"][0]["image"]
+    out = tmp_path / "predicted"
+    assert cli.main(["predict", "--job", str(result.root), "--input", str(synthetic_data / "holdout" / case),
+                     "--out", str(out)]) == 0  # fmt: skip
+    assert (out / "dicom" / "seg.dcm").is_file()
 
 
 def test_three_submission_paths_keep_gpu_requirements_and_roles_are_enforced(poc, tmp_path):

@@ -11,6 +11,7 @@ import json
 import shutil
 import subprocess
 import sys
+from dataclasses import replace
 from pathlib import Path
 
 import highdicom as hd
@@ -23,13 +24,14 @@ from monai.bundle import ConfigWorkflow, verify_metadata, verify_net_in_out
 from monai.utils import OptionalImportError
 from nvflare.app_opt.pt.model_persistence_format_manager import PTModelPersistenceFormatManager
 
-from oncofl import cli
+from oncofl import cli, synthetic_mammo
 from oncofl.dicom.seg import read_seg
 from oncofl.dicom.series import read_series
 from oncofl.errors import ModelFileError, SiteDataError
-from oncofl.jobs import prostate_mri_seg
+from oncofl.jobs import breast_mammo_cls, prostate_mri_seg
 from oncofl.predict import load_model, predict_series
 from oncofl.predict.bundle import export_bundle
+from oncofl.predict.job import read_job_settings
 from oncofl.tasks import get_task
 from oncofl.tasks.prostate_seg import ProstateSegNet
 from tests.conftest import REPO, save_as_nifti
@@ -144,7 +146,7 @@ def test_monai_checks_the_metadata_and_the_networks_input_and_output(bundle, tmp
 def test_monais_runner_predicts_a_dicom_series_as_oncofl_predict_does(bundle, run_folder, case, tmp_path):
     series = case[0]
     done = run_bundle(bundle, series, tmp_path / "bundle_out")
-    assert "ok      dicom: Prostate" in done.stdout
+    assert "ok      dicom: prostate_ml" in done.stdout
     assert cli.main(["predict", "--job", str(run_folder), "--input", str(series), "--out", str(tmp_path / "ref")]) == 0
     ours = np.asarray(nib.load(tmp_path / "bundle_out" / "dicom" / "mask.nii.gz").dataobj)
     ref = np.asarray(nib.load(tmp_path / "ref" / "dicom" / "mask.nii.gz").dataobj)
@@ -237,3 +239,38 @@ def test_a_job_definition_needs_a_model_and_says_what_it_did_not_record(tmp_path
     torch.save(ProstateSegNet(channels=(8, 16, 32, 64)).state_dict(), small)
     with pytest.raises(ModelFileError, match="does not fit this task's network"):
         export_bundle(job, tmp_path / "b4", model=small)
+
+
+def test_a_classification_bundle_gives_oncofl_predicts_probabilities_and_srs(tmp_path):
+    """A mammography run (a smaller network, 128-pixel images, as the job's CPU variant): the bundle's metadata
+    describes a classification, its TorchScript model scripts, and MONAI's runner writes the probabilities and SRs
+    that ``oncofl predict`` writes for the same images."""
+    job = breast_mammo_cls.export(tmp_path / "jobs", image_size=128, small_network=True)
+    run = tmp_path / "run"
+    shutil.copytree(job / "app", run / "app_server")
+    settings = read_job_settings(run)
+    network = get_task("breast_mammo_cls").build_network(**settings.network)
+    torch.save(network.state_dict(), run / "app_server" / "FL_global_model.pt")
+    images = tmp_path / "images"
+    vendor = replace(synthetic_mammo.SITE_VENDORS["site-2"], n_cases=3)
+    synthetic_mammo.write_site(tmp_path / "mammo", "site-2", vendor, seed=4, split=False)
+    shutil.copytree(tmp_path / "mammo" / "site-2" / "cases", images)
+
+    bundle = tmp_path / "mammo_bundle"
+    assert cli.main(["export-bundle", "--job", str(run), "--out", str(bundle)]) == 0
+    described = meta(bundle)["network_data_format"]
+    assert (
+        described["inputs"]["image"]["spatial_shape"] == [128, 128] and described["inputs"]["image"]["modality"] == "MG"
+    )
+    assert described["outputs"]["pred"]["format"] == "classification"
+    assert meta(bundle)["torchscript"]["file"] == "models/model.ts"
+
+    run_bundle(bundle, images, tmp_path / "bundle_out")
+    assert cli.main(["predict", "--job", str(run), "--input", str(images), "--out", str(tmp_path / "ref")]) == 0
+    ours = json.loads((tmp_path / "bundle_out" / "predictions.json").read_text())["predictions"]
+    ref = json.loads((tmp_path / "ref" / "predictions.json").read_text())["predictions"]
+    assert len(ours) == 3 and ours == ref  # measured: equal to the last digit written (the same code path)
+    for row in ours:
+        sr = hd.sr.srread(tmp_path / "bundle_out" / "sr" / f"case-{row['case']:04d}.dcm")
+        value = sr.content.get_image_measurement_groups()[0].get_measurements()[0].value
+        assert value == pytest.approx(row["probability_malignant"], abs=1e-6)

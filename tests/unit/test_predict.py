@@ -223,7 +223,7 @@ def test_the_command_predicts_every_series_and_reports_the_unreadable_one(cases,
     assert code == 1
     assert [line.split()[:2] for line in lines[:3]] == [["ok", "a/dicom:"], ["FAILED", "b/dicom:"], ["ok", "c/dicom:"]]
     assert "Fix:" in lines[1]
-    assert lines[3].startswith("2 of 3 series predicted")
+    assert lines[3].startswith("2 of 3 inputs predicted")
     for name in ("a", "c"):
         assert (out / name / "dicom" / "seg.dcm").is_file() and (out / name / "dicom" / "mask.nii.gz").is_file()
     assert not (out / "b").exists()
@@ -241,7 +241,7 @@ def test_a_series_with_a_missing_slice_is_refused_or_predicted_as_the_jobs_spaci
     shutil.copytree(cases[0][0], folder)
     (folder / "IM_0007.dcm").unlink()
     failures = predict_folder(load_model(model_file, "prostate_seg"), folder, tmp_path / "refused", log=lambda _: None)
-    assert "slice spacing is not uniform" in failures["dicom"] and not (tmp_path / "refused").exists()
+    assert "slice spacing is not uniform" in failures["dicom"] and not (tmp_path / "refused" / "dicom").exists()
     model = load_model(model_file, "prostate_seg", params={"spacing_policy": "resample"})
     assert predict_folder(model, folder, tmp_path / "out", log=lambda _: None) == {"dicom": ""}
     volume = read_series(folder, spacing_policy="resample")
@@ -299,3 +299,27 @@ def test_a_folder_that_is_not_a_job_is_refused_with_the_fix(tmp_path, capsys):
         read_job_settings(bad)
     assert cli.main(["predict", "--job", str(bad), "--input", str(tmp_path), "--out", str(tmp_path / "o")]) == 2
     assert "Fix:" in capsys.readouterr().out
+
+
+def test_a_nifti_volume_gets_the_same_mask_as_its_dicom_series_and_a_datalist_names_both(cases, model_file, tmp_path):
+    """A datalist naming a series and the same volume as NIfTI (the reader's own array and affine): equal masks on
+    the same grid; a SEG for the DICOM input only; the research table holds each one's gland volume and no path."""
+    from tests.conftest import save_as_nifti
+
+    folder = cases[0][0]
+    root = tmp_path / "data"
+    shutil.copytree(folder, root / "case-a" / "dicom")
+    save_as_nifti(folder, root / "case-a.nii.gz")
+    (root / "datalist.json").write_text(json.dumps({"testing": ["case-a/dicom", {"image": "case-a.nii.gz"}]}))
+    out = tmp_path / "out"
+    assert cli.main(["predict", "--task", "prostate_seg", "--model", str(model_file), "--input",
+                     str(root / "datalist.json"), "--out", str(out)]) == 0  # fmt: skip
+    from_dicom = nib.load(out / "case-a" / "dicom" / "mask.nii.gz")
+    from_nifti = nib.load(out / "case-a" / "mask.nii.gz")
+    np.testing.assert_array_equal(np.asarray(from_nifti.dataobj), np.asarray(from_dicom.dataobj))
+    np.testing.assert_allclose(from_nifti.affine, from_dicom.affine, atol=1e-4)
+    assert 0 < np.count_nonzero(np.asarray(from_dicom.dataobj))
+    assert (out / "case-a" / "dicom" / "seg.dcm").is_file() and not (out / "case-a" / "seg.dcm").exists()
+    rows = json.loads((out / "predictions.json").read_text())["predictions"]
+    assert [r["case"] for r in rows] == [1, 2] and rows[0]["prostate_ml"] == rows[1]["prostate_ml"] > 0
+    assert "case-a" not in (out / "predictions.csv").read_text()

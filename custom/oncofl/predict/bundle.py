@@ -25,7 +25,8 @@ import torch
 
 from ..errors import ModelFileError, OncoFLError, SiteDataError
 from ..model_card import parse_holdout
-from ..tasks import TaskSpec
+from ..progress import say
+from ..tasks import TaskSpec, get_task
 from .bundle_metadata import (
     CONFIG,
     LOGGING,
@@ -35,17 +36,17 @@ from .bundle_metadata import (
     MODEL_TS,
     README,
     bundle_metadata,
+    example_shape,
     fl_provenance,
     readme,
     run_record,
     runner_command,
 )
+from .inputs import find_inputs
 from .job import read_job_settings
 from .model import TrainedModel, file_sha256, load_model, with_weights
-from .outputs import write_mask
-from .run import MASK_NAME, describe, find_series, predict_folder, predict_series
-
-NIFTI_SUFFIXES = (".nii.gz", ".nii")
+from .run import predict_inputs
+from .tables import CaseResult
 
 
 class InfererNetwork(torch.nn.Module):
@@ -66,19 +67,15 @@ class InfererNetwork(torch.nn.Module):
         return self.inferer(inputs, self.network)
 
 
-def is_nifti(path: str | Path) -> bool:
-    return Path(path).is_file() and str(path).lower().endswith(NIFTI_SUFFIXES)
-
-
-def list_inputs(source: str | Path) -> list[str]:
-    """The inputs a run predicts: the NIfTI volume, or every DICOM series under the folder (``oncofl predict``'s
-    rule); the config's ``dataset``."""
+def list_inputs(source: str | Path, task: str) -> list[str]:
+    """The inputs a run predicts, by ``oncofl predict``'s rule (:func:`oncofl.predict.inputs.find_inputs`); the
+    config's ``dataset``."""
     if not str(source):
         raise SiteDataError(
             "no input given",
-            fix="pass --input with a DICOM series folder, a folder of series folders, or a NIfTI volume",
+            fix="pass --input with what oncofl predict takes: a series folder or file, a folder of studies, a datalist",
         )
-    return [str(source)] if is_nifti(source) else [str(p) for p in find_series(source)]
+    return [str(item.path) for item in find_inputs(get_task(task), source)]
 
 
 class BundlePredictor:
@@ -106,28 +103,15 @@ class BundlePredictor:
         model = with_weights(network, checkpoint, task, params=dict(params), device=torch.device(device))
         self.model: TrainedModel = replace(model, network=InfererNetwork(model.network, inferer).eval())
 
-    def run(self, source: str | Path, output_dir: str | Path, *, log=print) -> dict[str, str]:
-        """Predict ``source`` into ``output_dir``: ``<series>/seg.dcm`` + ``mask.nii.gz`` per DICOM series, or
-        ``<name>/mask.nii.gz`` for a NIfTI volume. Raises when an input failed (after the others were written), so
-        the runner exits non-zero."""
-        inputs = list_inputs(source)
-        if not is_nifti(source):
-            results = predict_folder(self.model, source, output_dir, log=log)
-        else:
-            name = Path(source).name
-            for suffix in NIFTI_SUFFIXES:
-                name = name.removesuffix(suffix)
-            prediction = predict_series(self.model, source)
-            (Path(output_dir) / name).mkdir(parents=True, exist_ok=True)
-            mask = write_mask(prediction.label, prediction.volume, Path(output_dir) / name / MASK_NAME)
-            log(f"ok      {name}: {describe(self.model, prediction)} -> {mask}")
-            results = {name: ""}
-        failed = [name for name, reason in results.items() if reason]
-        if not inputs or failed:
+    def run(self, source: str | Path, output_dir: str | Path, *, log=say) -> list[CaseResult]:
+        """Predict every input of ``source`` into ``output_dir`` as ``oncofl predict`` does
+        (:func:`oncofl.predict.predict_inputs`). Raises when an input failed (after the others were written) or none
+        was found, so the runner exits non-zero."""
+        results = predict_inputs(self.model, find_inputs(self.model.spec, source), output_dir, log=log)
+        if not results or any(result.error for result in results):
             raise SiteDataError(
                 "no input was found or some inputs could not be predicted (see the lines above)",
-                fix="pass --input with a DICOM series folder, a folder of series folders, or a NIfTI volume",
-                detail=", ".join(failed),
+                fix="pass --input with what oncofl predict takes for this task (docs/predict.md)",
             )
         return results
 
@@ -160,7 +144,7 @@ def inference_config(spec: TaskSpec, network: dict[str, Any], params: dict[str, 
         "checkpoint": "$@bundle_root + '/models/model.pt'",
         "inferer": {"_target_": "SimpleInferer"},
         "dataset_dir": "@input",
-        "dataset": "$list_inputs(@dataset_dir)",
+        "dataset": "$list_inputs(@dataset_dir, @task)",
         "predictor": {
             "_target_": "oncofl.predict.bundle.BundlePredictor",
             "network": "@network",
@@ -239,7 +223,7 @@ def export_bundle(
     identity = {"file": source.name, "sha256": trained.sha256, "bundle_sha256": file_sha256(out / MODEL_PT)}
     provenance = fl_provenance(run, recorded, identity, holdout)
     meta = bundle_metadata(trained.spec, trained.params, network, provenance, {})
-    example = torch.rand(1, int(network.get("in_channels", 1)), *trained.params["volume_size"])
+    example = torch.rand(1, *example_shape(trained.spec.name, trained.params, network))
     extra = {"metadata.json": json.dumps(meta), "inference.json": json.dumps(config)}
     meta["torchscript"] = export_torchscript(trained.network, out / MODEL_TS, example, extra)
     _write_json(out / META, meta)

@@ -41,8 +41,10 @@ CONFIG, META, LOGGING, MODEL_PT, MODEL_TS, README = (
 def run_record(folder: Path) -> tuple[RunRecord, bool]:
     """The run's records (:func:`oncofl.model_card.read_run`) where ``folder`` is a finished run's server folder,
     else a record of the job definition's configs alone; and whether the folder is a run."""
-    if (folder / "app_server" / "config" / "config_fed_server.json").is_file():
-        return read_run(folder), True
+    try:
+        return read_run(folder), True  # a run's server folder, or a POC/kit job's downloaded result
+    except FileNotFoundError:
+        pass
     client = client_config(folder)
     server = client.parent / "config_fed_server.json"
     meta = folder / "meta.json"
@@ -141,34 +143,73 @@ def fl_provenance(run: RunRecord, recorded: bool, model: dict[str, str], holdout
     }
 
 
-def network_data_format(params: dict[str, Any], network: dict[str, Any], classes: int) -> dict[str, Any]:
-    """MONAI's ``network_data_format``: the preprocessed volume in, the logits out, the label map on the source grid
-    after the inverse mapping (``post_processed_outputs``)."""
-    shape = [int(n) for n in params["volume_size"]]
+# each task's network input: modality, what channel 0 holds after oncofl's preprocessing, its spatial shape from the
+# preprocessing parameters (breast_wdbc: 30 features, no spatial shape)
+NETWORK_INPUTS: dict[str, tuple[str, str, Any]] = {
+    "prostate_seg": (
+        "MR", "T2w, RAS, resampled and percentile-scaled by oncofl's preprocessing",
+        lambda p: [int(n) for n in p["volume_size"]],
+    ),
+    "breast_mammo_cls": (
+        "MG", "presentation values in [0, 1], canonical side, breast-cropped, square-padded and resized",
+        lambda p: [int(p["image_size"])] * 2,
+    ),
+    "lung_nodule_cls": (
+        "CT", "HU through the job's window, isotropic, the patch around the nodule centre",
+        lambda p: [int(p["patch_size"])] * 3,
+    ),
+    "breast_wdbc": ("features", "log1p of the 30 WDBC nucleus features", lambda p: []),
+}  # fmt: skip
+WDBC_FEATURES = 30
+
+
+def example_shape(task: str, params: dict[str, Any], network: dict[str, Any]) -> list[int]:
+    """The network input's shape for one case, without the batch axis (``[C, *spatial]``; breast_wdbc ``[30]``)."""
+    spatial = NETWORK_INPUTS[task][2](params)
+    return [int(network.get("in_channels", 1)), *spatial] if spatial else [WDBC_FEATURES]
+
+
+def network_data_format(spec: Any, params: dict[str, Any], network: dict[str, Any]) -> dict[str, Any]:
+    """MONAI's ``network_data_format``: the preprocessed input, the logits out, and what oncofl makes of them
+    (``post_processed_outputs``: the label map on the source grid, or the probability of malignancy)."""
+    modality, channel, shape_of = NETWORK_INPUTS[spec.name]
+    shape = example_shape(spec.name, params, network)
     image = {
-        "type": "image",
+        "type": "image" if shape_of(params) else "tabular",
         "format": "magnitude",
-        "modality": "MR",
-        "num_channels": int(network.get("in_channels", 1)),
-        "spatial_shape": shape,
+        "modality": modality,
+        "num_channels": shape[0],
+        "spatial_shape": shape[1:],
         "dtype": "float32",
-        "value_range": [0, 1],
-        "is_patch_data": False,
-        "channel_def": {"0": "T2w, RAS, resampled and percentile-scaled by oncofl's preprocessing"},
+        "value_range": [],
+        "is_patch_data": spec.name == "lung_nodule_cls",
+        "channel_def": {"0": channel},
     }
+    classes = len(spec.segments) + 1 if spec.segments else 2
+    names = ["background", *(s.label for s in spec.segments)] if spec.segments else ["benign or normal", "malignant"]
     pred = {
-        "type": "image",
-        "format": "segmentation",
+        "type": "image" if spec.segments else "probabilities",
+        "format": "segmentation" if spec.segments else "classification",
         "num_channels": classes,
-        "spatial_shape": shape,
+        "spatial_shape": shape[1:] if spec.segments else [],
         "dtype": "float32",
         "value_range": [],  # logits: unbounded
         "is_patch_data": False,
-        "channel_def": {"0": "background", **{str(i): f"class {i} logit" for i in range(1, classes)}},
+        "channel_def": {str(i): f"{name} logit" for i, name in enumerate(names)},
     }
-    label = {**pred, "format": "labels", "num_channels": 1, "spatial_shape": ["*", "*", "*"], "dtype": "uint8"}
-    label["value_range"], label["channel_def"] = [0, classes - 1], {"0": "label map on the source series' grid"}
-    return {"inputs": {"image": image}, "outputs": {"pred": pred}, "post_processed_outputs": {"label": label}}
+    if spec.segments:
+        post = {**pred, "format": "labels", "num_channels": 1, "spatial_shape": ["*", "*", "*"], "dtype": "uint8"}
+        post["value_range"], post["channel_def"] = [0, classes - 1], {"0": "label map on the source series' grid"}
+        return {"inputs": {"image": image}, "outputs": {"pred": pred}, "post_processed_outputs": {"label": post}}
+    post = {**pred, "num_channels": 1, "value_range": [0, 1], "channel_def": {"0": "probability of malignancy"}}
+    return {"inputs": {"image": image}, "outputs": {"pred": pred}, "post_processed_outputs": {"probability": post}}
+
+
+DESCRIPTIONS = {
+    True: "inference runs oncofl's own preprocessing and its inverse, writing a DICOM-SEG and a NIfTI mask",
+    False: "inference runs oncofl's own preprocessing, writing the probability of malignancy (CSV/JSON) and, for "
+    "DICOM inputs, a DICOM Structured Report",
+}
 
 
 def bundle_metadata(
@@ -176,7 +217,7 @@ def bundle_metadata(
 ) -> dict[str, Any]:
     """``configs/metadata.json``: the schema's keys, the preprocessing parameters, the provenance block."""
     text = TASK_TEXT.get(spec.name)
-    classes = len(spec.segments) + 1
+    classes = ["background", *(s.label for s in spec.segments)] if spec.segments else ["benign or normal", "malignant"]
     metrics = provenance["metrics"]
     scores = {
         f"{metrics['key_metric']} cross-site mean, final global model": metrics["cross_site_final_global_model_mean"]
@@ -192,18 +233,18 @@ def bundle_metadata(
         "name": f"oncofl {spec.name} ({provenance['job']})",
         "task": text.what if text else spec.name,
         "description": f"{spec.name} trained by federated learning (NVIDIA FLARE, oncofl job {provenance['job']}); "
-        "inference runs oncofl's own preprocessing and its inverse, writing a DICOM-SEG and a NIfTI mask",
+        + DESCRIPTIONS[bool(spec.segments)],
         "authors": "the oncofl consortium that ran the job",
         "copyright": "the consortium's member institutions; see the consortium agreement",
         "data_source": "the participating sites' own data, which never left them (not part of this bundle)",
-        "data_type": "dicom",
+        "data_type": "csv" if spec.name == "breast_wdbc" else "dicom",
         "image_classes": text.input if text else "see network_data_format",
-        "label_classes": "0 background, " + ", ".join(f"{i} {s.label}" for i, s in enumerate(spec.segments, 1)),
-        "pred_classes": text.output if text else f"{classes} channels of logits",
+        "label_classes": ", ".join(f"{i} {name}" for i, name in enumerate(classes)),
+        "pred_classes": text.output if text else f"{len(classes)} channels of logits",
         "eval_metrics": {k: v for k, v in scores.items() if v != NOT_RECORDED},
         "intended_use": INTENDED_USE,
         "references": [],
-        "network_data_format": network_data_format(params, network, classes),
+        "network_data_format": network_data_format(spec, params, network),
         "preprocessing": {"task": spec.name, **params, "steps": text.input if text else "the task's prepare_input"},
         "torchscript": torchscript,
         "federated_learning": provenance,
@@ -252,7 +293,7 @@ def readme(meta: dict[str, Any], config: dict[str, Any]) -> str:
         "## Run it",
         "",
         "Needs `oncofl` installed (the bundle's components are oncofl's: the same preprocessing, inverse mapping and "
-        "DICOM-SEG writer as `oncofl predict`).",
+        "writers as `oncofl predict`).",
         "",
         "```",
         runner_command(),
@@ -260,16 +301,20 @@ def readme(meta: dict[str, Any], config: dict[str, Any]) -> str:
         "",
         "Overrides (any config id can be overridden as `--<id> value`):",
         "",
-        "- `--input`: a DICOM series folder, a folder of series folders, or a NIfTI volume (`.nii`, `.nii.gz`)",
+        "- `--input`: what `oncofl predict --input` takes for this task (docs/predict.md in oncofl): a DICOM series "
+        "folder or file, a folder of studies, a NIfTI volume, a feature CSV, or a datalist (`.json`; lung nodules: "
+        "entries with `center_mm`)",
         "- `--output_dir`: where the outputs go (default `<bundle_root>/eval`)",
         "- `--bundle_root`: this folder (default `.`: run from inside it)",
         "- `--device`: e.g. `\"$torch.device('cpu')\"` (default: the first GPU when there is one)",
         f"- `--network_def#<arg>`: the network's arguments (`{config['network_def']['_target_']}`); they must fit "
         f"`{MODEL_PT}`",
         "",
-        "Outputs: `<output_dir>/<series>/seg.dcm` (a DICOM-SEG referencing the source series) and `mask.nii.gz` (the "
-        "label map on the series' grid); for a NIfTI input `<output_dir>/<name>/mask.nii.gz`. A series that cannot "
-        "be read is reported and the run fails (non-zero exit) after the others were written.",
+        "Outputs, as `oncofl predict` writes them: segmentation: `<output_dir>/<series>/seg.dcm` (a DICOM-SEG "
+        "referencing the source series) and `mask.nii.gz` (the label map on the series' grid; NIfTI inputs: the mask "
+        "only); classification: `<output_dir>/sr/case-<n>.dcm` (a DICOM SR with the probability of malignancy, DICOM "
+        "inputs); always `predictions.csv` and `predictions.json` (one row per input, named by number only). An input "
+        "that cannot be read is reported and the run fails (non-zero exit) after the others were written.",
         "",
         f"Files: `{CONFIG}`, `{META}`, `{MODEL_PT}` (state dict, loads with `torch.load(weights_only=True)`), "
         f"{ts_line}.",

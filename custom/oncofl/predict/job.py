@@ -37,10 +37,13 @@ def client_config(folder: Path) -> Path:
     """The folder's ``config_fed_client.json``: in ``app*/config/`` (a job folder as exported or submitted, a run's
     server folder ``app_server``) or in ``config/``."""
     found = [*sorted(folder.glob("app*/config/config_fed_client.json")), *folder.glob("config/config_fed_client.json")]
+    if not found and folder.is_dir():  # a POC or kit job's downloaded result: its server folder inside
+        found = sorted(folder.rglob("app_server/config/config_fed_client.json"), key=lambda p: len(p.parts))[:1]
     if not found:
         raise ModelFileError(
             "the job folder holds no app*/config/config_fed_client.json",
-            fix="pass a job folder (jobs/<job>), or a finished run's server folder (<workspace>/server/simulate_job)",
+            fix="pass a job folder (jobs/<job>), a finished run's server folder (<workspace>/server/simulate_job) or a "
+            "POC or kit job's downloaded result",
             path=str(folder),
         )
     return found[0]
@@ -61,7 +64,7 @@ def read_job_settings(folder: str | Path) -> JobSettings:
             path=str(config),
             detail=str(e),
         ) from e
-    model = folder / "app_server" / GLOBAL_MODEL
+    model = config.parents[1] / GLOBAL_MODEL
     return JobSettings(
         settings.task,
         dict(settings.network or {}),

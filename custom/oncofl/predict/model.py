@@ -49,6 +49,12 @@ class TrainedModel:
             )
         return logits.argmax(dim=1)[0].to(torch.uint8).cpu().numpy()
 
+    def probability(self, image: np.ndarray) -> float:
+        """Network input ``[C, ...]`` of a classification task -> the malignant class's softmax probability."""
+        with torch.inference_mode():
+            logits = self.network(torch.from_numpy(np.ascontiguousarray(image)[None]).to(self.device))
+        return float(torch.softmax(logits.float(), dim=1)[0, 1])
+
 
 def load_model(
     path: str | Path,
@@ -66,13 +72,10 @@ def load_model(
 
 
 def prediction_task(task: str) -> TaskSpec:
-    """The task, refused when it has no prediction (only segmentation tasks have one)."""
+    """The task, refused when it has no prediction (no ``prepare_input``)."""
     spec = get_task(task)
     if spec.prepare_input is None:
-        raise ModelFileError(
-            "this task has no prediction yet (only segmentation tasks do)",
-            fix="run predict with a segmentation task such as prostate_seg",
-        )
+        raise ModelFileError("this task has no prediction", fix="give the task the model was trained for")
     return spec
 
 

@@ -99,3 +99,90 @@ def write_seg(label: np.ndarray, volume: SeriesVolume, folder: Path, spec: TaskS
         ) from e
     seg.save_as(path)
     return path
+
+
+SR_SERIES_NUMBER = 901  # the SR's series number (after the SEG's)
+IMAGING = hd.sr.CodedConcept("363679005", "SCT", "Imaging")  # a task without its own entry below
+UNITLESS = hd.sr.CodedConcept("1", "UCUM", "no units")
+# the procedure each classification task reports on (SNOMED CT)
+PROCEDURES = {
+    "breast_mammo_cls": hd.sr.CodedConcept("71651007", "SCT", "Mammography"),
+    "lung_nodule_cls": hd.sr.CodedConcept("169069000", "SCT", "CT of chest"),
+}
+
+
+def _observer(spec: TaskSpec, sha256: str) -> hd.sr.ObservationContext:
+    device = hd.sr.DeviceObserverIdentifyingAttributes(
+        uid=hd.UID(), name="oncofl", manufacturer_name="oncofl", model_name=f"oncofl {spec.name}",
+        serial_number=sha256[:16],
+    )  # fmt: skip
+    return hd.sr.ObservationContext(
+        observer_device_context=hd.sr.ObserverContext(
+            observer_type=codes.DCM.Device, observer_identifying_attributes=device
+        )
+    )
+
+
+def measurement_group(
+    spec: TaskSpec, sha256: str, probability: float, sources: list[pydicom.Dataset], point_mm: list[float] | None
+) -> hd.sr.MeasurementsAndQualitativeEvaluations | hd.sr.PlanarROIMeasurementsAndQualitativeEvaluations:
+    """The probability of cancer (DCM 111047) with the algorithm's identity: for a whole image, a group that
+    references the image; for a nodule, a group whose region is the nodule's centre (a 3D point in the series' frame
+    of reference, DICOM patient coordinates)."""
+    algorithm = hd.sr.AlgorithmIdentification(
+        name=f"oncofl {spec.name}", version=__version__, parameters=[f"model_sha256={sha256}"]
+    )
+    measurement = hd.sr.Measurement(
+        name=codes.DCM.ProbabilityOfCancer, value=float(probability), unit=UNITLESS, algorithm_id=algorithm
+    )
+    tracking = hd.sr.TrackingIdentifier(uid=hd.UID(), identifier=f"oncofl {spec.name}")
+    if point_mm is None:
+        return hd.sr.MeasurementsAndQualitativeEvaluations(
+            tracking_identifier=tracking,
+            algorithm_id=algorithm,
+            measurements=[measurement],
+            source_images=[hd.sr.SourceImageForMeasurementGroup.from_source_image(ds) for ds in sources],
+        )
+    region = hd.sr.ImageRegion3D(
+        graphic_type=hd.sr.GraphicTypeValues3D.POINT,
+        graphic_data=np.asarray([point_mm], dtype=np.float64),
+        frame_of_reference_uid=sources[0].FrameOfReferenceUID,
+    )
+    return hd.sr.PlanarROIMeasurementsAndQualitativeEvaluations(
+        tracking_identifier=tracking, referenced_region=region, finding_type=codes.SCT.Nodule,
+        algorithm_id=algorithm, measurements=[measurement],
+    )  # fmt: skip
+
+
+def write_sr(
+    spec: TaskSpec,
+    sha256: str,
+    probability: float,
+    sources: list[pydicom.Dataset],
+    path: Path,
+    *,
+    point_mm: list[float] | None = None,
+) -> Path:
+    """A Comprehensive 3D SR (TID 1500 measurement report) holding the model's probability of cancer for the image
+    (``sources``: the one image) or for the nodule at ``point_mm`` (``sources``: its series), referencing them as
+    evidence; the patient and study modules are the sources' own, as DICOM requires."""
+    report = hd.sr.MeasurementReport(
+        observation_context=_observer(spec, sha256),
+        procedure_reported=PROCEDURES.get(spec.name, IMAGING),
+        imaging_measurements=[measurement_group(spec, sha256, probability, sources, point_mm)],
+        referenced_images=sources,
+    )
+    try:
+        sr = hd.sr.Comprehensive3DSR(
+            evidence=sources, content=report, series_instance_uid=hd.UID(), series_number=SR_SERIES_NUMBER,
+            sop_instance_uid=hd.UID(), instance_number=1, manufacturer="oncofl",
+        )  # fmt: skip
+    except Exception as e:  # highdicom refuses sources it cannot reference (several types)
+        raise SiteDataError(
+            f"the DICOM Structured Report cannot be built on this image ({type(e).__name__})",
+            fix="check the image's headers (study, series and SOP instance UIDs)",
+            path=str(path.parent),
+            detail=str(e),
+        ) from e
+    sr.save_as(path)
+    return path

@@ -1,4 +1,11 @@
-"""``oncofl predict``: every series under an input folder through a trained model, each to a DICOM-SEG + NIfTI mask."""
+"""``oncofl predict``: a trained model on new studies.
+
+Segmentation (prostate_seg): each series (DICOM folder or NIfTI file) -> ``<out>/<its path>/seg.dcm`` (DICOM-SEG
+referencing the series; DICOM inputs) and ``mask.nii.gz`` on the series' own grid. Classification (breast_mammo_cls,
+lung_nodule_cls, breast_wdbc): each image, nodule or case -> its probability of malignancy, and for DICOM inputs a
+Structured Report ``<out>/sr/case-<number>.dcm`` referencing the image or series. Every run also writes
+``<out>/predictions.csv`` and ``.json``: one row per input, named by its number only (``--identify`` adds its path and
+UID). An input that cannot be read is reported with its reason and skipped; the others go on."""
 
 from __future__ import annotations
 
@@ -9,13 +16,19 @@ from pathlib import Path
 
 import numpy as np
 
-from ..dicom.series import SeriesVolume
+from ..dicom.pixels import read_header
+from ..dicom.series import SeriesVolume, list_series_files
 from ..errors import ModelFileError, OncoFLError, SiteDataError
 from ..preprocess import GridMap
+from ..progress import progress, say
 from ..tasks import TASK_NAMES, get_task
+from ..volume import is_nifti
+from .classify import classify
+from .inputs import PredictInput, find_inputs, holds_dicom
 from .job import read_job_settings
 from .model import TrainedModel, load_model
 from .outputs import write_mask, write_seg
+from .tables import CaseResult, write_tables
 
 SEG_NAME, MASK_NAME = "seg.dcm", "mask.nii.gz"
 
@@ -48,27 +61,17 @@ def predict_series(model: TrainedModel, folder: str | Path) -> Prediction:
     return Prediction(folder, volume, grid.inverse(network_label), network_label, grid)
 
 
-def write_prediction(model: TrainedModel, prediction: Prediction, out_dir: str | Path) -> tuple[Path, Path]:
-    """``out_dir/seg.dcm`` (DICOM-SEG referencing the source series) and ``out_dir/mask.nii.gz``."""
+def write_prediction(model: TrainedModel, prediction: Prediction, out_dir: str | Path) -> tuple[Path | None, Path]:
+    """``out_dir/seg.dcm`` (DICOM-SEG referencing the source series; None for a NIfTI input) and
+    ``out_dir/mask.nii.gz``."""
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    seg = write_seg(
-        prediction.label, prediction.volume, prediction.folder, model.spec, model.sha256, out_dir / SEG_NAME
-    )
+    seg = None
+    if not is_nifti(prediction.folder):
+        seg = write_seg(
+            prediction.label, prediction.volume, prediction.folder, model.spec, model.sha256, out_dir / SEG_NAME
+        )
     return seg, write_mask(prediction.label, prediction.volume, out_dir / MASK_NAME)
-
-
-def _holds_dicom(folder: Path) -> bool:
-    """True when a file directly in ``folder`` is DICOM by its name (.dcm) or its preamble (``DICM`` at 128)."""
-    for path in folder.iterdir():
-        if not path.is_file() or path.name.startswith("."):
-            continue
-        if path.suffix.lower() in (".dcm", ".dicom"):
-            return True
-        with open(path, "rb") as f:
-            if f.read(132)[128:] == b"DICM":
-                return True
-    return False
 
 
 def find_series(root: str | Path) -> list[Path]:
@@ -78,41 +81,73 @@ def find_series(root: str | Path) -> list[Path]:
         raise SiteDataError(
             "input folder does not exist", fix="give a series folder or a folder of series folders", path=str(root)
         )
-    if _holds_dicom(root):
+    if holds_dicom(root):
         return [root]
-    return sorted(d for d in root.rglob("*") if d.is_dir() and _holds_dicom(d))
+    return sorted(d for d in root.rglob("*") if d.is_dir() and holds_dicom(d))
 
 
-def describe(model: TrainedModel, prediction: Prediction) -> str:
-    """Per segment: its label and its volume in ml on the source grid."""
+def segment_volumes(model: TrainedModel, prediction: Prediction) -> dict[str, float]:
+    """Per segment: its volume in ml on the source grid (``<label>_ml``)."""
     voxel_ml = float(np.prod(prediction.volume.spacing)) / 1000.0
-    parts = [
-        f"{segment.label} {np.count_nonzero(prediction.label == number) * voxel_ml:.1f} ml"
+    return {
+        f"{segment.label.lower()}_ml": round(np.count_nonzero(prediction.label == number) * voxel_ml, 3)
         for number, segment in enumerate(model.spec.segments, start=1)
-    ]
-    return ", ".join(parts)
+    }
 
 
-def predict_folder(model: TrainedModel, root: str | Path, out: str | Path, *, log=print) -> dict[str, str]:
-    """Every series under ``root`` -> ``out/<its path under root>/``; an unreadable series is logged with its reason
-    and skipped. Returns {series: "" (written) or the reason it failed}."""
-    root, out = Path(root), Path(out)
-    results: dict[str, str] = {}
-    for folder in find_series(root):
-        name = folder.name if folder == root else folder.relative_to(root).as_posix()
-        try:
-            prediction = predict_series(model, folder)
-            seg, mask = write_prediction(model, prediction, out / name)
-        except OncoFLError as e:
-            results[name] = e.local_message()
-        except Exception as e:  # noqa: BLE001 - one series' unexpected failure must not stop the others
-            results[name] = f"{type(e).__name__}: {e}"
+def output_folder(out: Path, item: PredictInput) -> Path:
+    """Where a segmentation input's files go: ``out/<its path under the input>`` (a NIfTI file without its
+    suffix); ``out/case-<number>`` for a datalist path that would leave ``out``."""
+    name = item.name[: -len(".nii.gz")] if item.name.lower().endswith(".nii.gz") else item.name
+    name = name[: -len(".nii")] if name.lower().endswith(".nii") else name
+    parts = Path(name).parts
+    if not parts or Path(name).is_absolute() or ".." in parts:
+        return out / f"case-{item.number:04d}"
+    return out.joinpath(*parts)
+
+
+def segment(model: TrainedModel, item: PredictInput, out: Path) -> CaseResult:
+    prediction = predict_series(model, item.path)
+    files = write_prediction(model, prediction, output_folder(out, item))
+    uid = "" if is_nifti(item.path) else str(read_header(list_series_files(item.path)[0]).SeriesInstanceUID)
+    return CaseResult(item, segment_volumes(model, prediction), files=tuple(f for f in files if f), uid=uid)
+
+
+def predict_one(model: TrainedModel, item: PredictInput, out: Path) -> CaseResult:
+    """One input through the model (segmentation or classification); a failure is returned with its local reason."""
+    try:
+        return segment(model, item, out) if model.spec.segments else classify(model, item, out)
+    except OncoFLError as e:
+        return CaseResult(item, error=e.local_message())
+    except Exception as e:  # noqa: BLE001 - one input's unexpected failure must not stop the others
+        return CaseResult(item, error=f"{type(e).__name__}: {e}")
+
+
+def predict_inputs(
+    model: TrainedModel, inputs: list[PredictInput], out: str | Path, *, identify: bool = False, log=say
+) -> list[CaseResult]:
+    """Every input through the model, with a progress bar over them; each outcome logged (the local console: it
+    names files); then the research tables (:mod:`oncofl.predict.tables`)."""
+    out = Path(out)
+    results = []
+    for item in progress(inputs, desc="predict", unit="study"):
+        result = predict_one(model, item, out)
+        results.append(result)
+        if result.error:
+            log(f"FAILED  {item.name}: {result.error}")
         else:
-            results[name] = ""
-            log(f"ok      {name}: {describe(model, prediction)} -> {seg}, {mask.name}")
-            continue
-        log(f"FAILED  {name}: {results[name]}")
+            shown = ", ".join(f"{k} {v}" for k, v in result.values.items())
+            log(f"ok      {item.name}: {shown} -> {', '.join(f.name for f in result.files) or 'tables'}")
+    if results:
+        write_tables(results, out, identify=identify)
     return results
+
+
+def predict_folder(model: TrainedModel, root: str | Path, out: str | Path, *, log=say) -> dict[str, str]:
+    """Every input under ``root`` (:func:`oncofl.predict.inputs.find_inputs`) -> ``out``; an unreadable one is logged
+    with its reason and skipped. Returns {input name: "" (written) or the reason it failed}."""
+    results = predict_inputs(model, find_inputs(model.spec, root), out, log=log)
+    return {result.input.name: result.error for result in results}
 
 
 def model_from_args(args: argparse.Namespace) -> TrainedModel:
@@ -137,28 +172,34 @@ def model_from_args(args: argparse.Namespace) -> TrainedModel:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Exit 0 when every series was predicted, 1 when any failed (or none was found), 2 for an unusable model."""
+    """Exit 0 when every input was predicted, 1 when any failed (or none was found), 2 for an unusable model or
+    input."""
     tasks = [name for name in TASK_NAMES if get_task(name).prepare_input is not None]
-    parser = argparse.ArgumentParser(prog="oncofl predict", description=__doc__.strip())
+    parser = argparse.ArgumentParser(prog="oncofl predict", description=__doc__.strip(),
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)  # fmt: skip
     parser.add_argument("--task", choices=tasks, help="the task (default: the job's)")
     parser.add_argument("--model", help="FL_global_model.pt, a best model, or a site's local_model.pt (default: the "
                         "global model of the run given with --job)")  # fmt: skip
     parser.add_argument("--job", help="the job folder (jobs/<job>) or a finished run's server folder: its task, "
                         "network and preprocessing settings (and a run's global model)")  # fmt: skip
-    parser.add_argument("--input", required=True, help="a DICOM series folder, or a folder of series folders")
-    parser.add_argument("--out", required=True, help="output folder: <series>/seg.dcm and <series>/mask.nii.gz")
+    parser.add_argument("--input", required=True, help="a DICOM series folder or file, a NIfTI or CSV file, a folder "
+                        "of studies, or a datalist (.json; lung nodules: entries with center_mm)")  # fmt: skip
+    parser.add_argument("--out", required=True, help="output folder")
+    parser.add_argument("--identify", action="store_true", help="name each input's path and UID in predictions.csv/"
+                        ".json (default: its number only; paths often carry patient identifiers)")  # fmt: skip
     parser.add_argument("--network", default="{}", help="network settings as JSON (default: the job's, or the task's)")
     parser.add_argument("--params", default="{}", help="preprocessing parameters as JSON (default: the job's/task's)")
     args = parser.parse_args(argv)
     try:
         model = model_from_args(args)
-        results = predict_folder(model, args.input, args.out)
+        inputs = find_inputs(model.spec, args.input)
     except OncoFLError as e:
         print(e.local_message())
         return 2
-    if not results:
-        print(f"no DICOM series found under {args.input}")
+    if not inputs:
+        print(f"no input for task {model.spec.name} found under {args.input}")
         return 1
-    failed = sum(1 for reason in results.values() if reason)
-    print(f"{len(results) - failed} of {len(results)} series predicted; outputs in {args.out}")
+    results = predict_inputs(model, inputs, args.out, identify=args.identify)
+    failed = sum(1 for result in results if result.error)
+    print(f"{len(results) - failed} of {len(results)} inputs predicted; outputs in {args.out}")
     return 1 if failed else 0

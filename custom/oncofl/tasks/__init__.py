@@ -87,10 +87,12 @@ class TaskSpec:
     local_state: tuple[str, ...] = ()
     # what a datalist 'label' must be: "class" (a number) or "mask" (a file); other labels are refused per case
     label_kind: str = "class"
-    # segmentation tasks `oncofl predict` runs: ``prepare_input(image, params)`` reads a case's image and preprocesses
-    # it exactly as ``load_case`` does, without a label -> (volume as read, network input [C, ...], the
-    # ``preprocess.GridMap`` that maps a label map on the network's grid back onto the volume's); ``segments``: the
-    # foreground classes, in the order of the network's output channels 1, 2, ...
+    # what `oncofl predict` runs: ``prepare_input(image, params)`` reads a case's image and preprocesses it exactly as
+    # ``load_case`` does, without a label (``params`` also carries the datalist entry's other keys, e.g. a nodule's
+    # ``center_mm``) -> (the image as read, or None; network input [C, ...]; for segmentation the
+    # ``preprocess.GridMap`` that maps a label map on the network's grid back onto the volume's, else None);
+    # ``segments``: a segmentation task's foreground classes, in the order of the network's output channels 1, 2, ...
+    # (empty: a classification task, whose output channel 1 is the malignant class)
     prepare_input: Callable[[Path, dict[str, Any]], tuple[Any, np.ndarray, Any]] | None = None
     segments: tuple[SegmentClass, ...] = ()
 

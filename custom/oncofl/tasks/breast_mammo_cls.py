@@ -64,14 +64,9 @@ def _array_modules() -> tuple:
     return modules(True)  # CuPy when a GPU is visible, else NumPy/SciPy
 
 
-def load_case(image_path: Path, label: Path | float, params: dict[str, Any]) -> tuple[np.ndarray, np.ndarray]:
-    """MG DICOM -> presentation values, canonical side, breast crop, square pad, resize to image_size^2."""
-    if isinstance(label, Path) or label not in (0, 1):
-        raise SiteDataError(
-            "label must be 0 (benign or normal) or 1 (malignant)",
-            fix="correct the case's 'label' in the datalist",
-            path=str(image_path),
-        )
+def network_input(image_path: Path, params: dict[str, Any]) -> tuple[Any, np.ndarray]:
+    """MG DICOM -> (the projection as read, presentation values on the canonical side, breast-cropped, square-padded
+    and resized to image_size^2, as ``[1, H, W]``)."""
     image = read_projection(image_path, crop=True)
     if image.modality not in ("MG", "DX", "CR"):
         raise SiteDataError(
@@ -87,7 +82,23 @@ def load_case(image_path: Path, label: Path | float, params: dict[str, Any]) -> 
     size = int(params["image_size"])
     resized = resize_2d(xp.asarray(square), (size, size), xp, ndimage)
     out = resized.get() if hasattr(resized, "get") else np.asarray(resized)
-    return np.clip(out, 0, 1)[None].astype(np.float32), np.array([int(label)], dtype=np.int64)
+    return image, np.clip(out, 0, 1)[None].astype(np.float32)
+
+
+def load_case(image_path: Path, label: Path | float, params: dict[str, Any]) -> tuple[np.ndarray, np.ndarray]:
+    """A case for training: :func:`network_input` and the label (0 benign or normal, 1 malignant)."""
+    if isinstance(label, Path) or label not in (0, 1):
+        raise SiteDataError(
+            "label must be 0 (benign or normal) or 1 (malignant)",
+            fix="correct the case's 'label' in the datalist",
+            path=str(image_path),
+        )
+    return network_input(image_path, params)[1], np.array([int(label)], dtype=np.int64)
+
+
+def prepare_input(image_path: Path, params: dict[str, Any]) -> tuple[Any, np.ndarray, None]:
+    """An image for prediction, by :func:`load_case`'s own code path (no label)."""
+    return (*network_input(image_path, params), None)
 
 
 def augment(
@@ -115,4 +126,5 @@ TASK = TaskSpec(
     default_params=DEFAULT_PARAMS,
     channels_last=True,
     extra_metrics=lambda logits, labels: {"sens_at_spec90": sensitivity_at_specificity(logits, labels, 0.9)},
+    prepare_input=prepare_input,
 )

@@ -101,8 +101,8 @@ def prepare(model: nn.Module, inputs: torch.Tensor) -> None:
             model.stats_ready.fill_(1.0)
 
 
-def load_case(image_path: Path, label: Path | float, params: dict[str, Any]) -> tuple[np.ndarray, np.ndarray]:
-    """One-row CSV of 30 non-negative features -> log1p features; label 0 (benign) or 1 (malignant)."""
+def features(image_path: Path) -> np.ndarray:
+    """One-row CSV of 30 non-negative features (after a header line) -> the log1p features, float32."""
     try:
         values = np.loadtxt(image_path, delimiter=",", skiprows=1, ndmin=1, dtype=np.float64)
     except Exception as e:
@@ -119,13 +119,24 @@ def load_case(image_path: Path, label: Path | float, params: dict[str, Any]) -> 
             path=str(image_path),
             detail=f"found {values.size} values",
         )
+    return np.log1p(values).astype(np.float32)
+
+
+def load_case(image_path: Path, label: Path | float, params: dict[str, Any]) -> tuple[np.ndarray, np.ndarray]:
+    """A case for training: :func:`features` and the label, 0 (benign) or 1 (malignant)."""
+    x = features(image_path)
     if isinstance(label, Path) or label not in (0, 1):
         raise SiteDataError(
             "label must be 0 (benign) or 1 (malignant)",
             fix="correct the case's 'label' in the datalist",
             path=str(image_path),
         )
-    return np.log1p(values).astype(np.float32), np.array([int(label)], dtype=np.int64)
+    return x, np.array([int(label)], dtype=np.int64)
+
+
+def prepare_input(image_path: Path, params: dict[str, Any]) -> tuple[None, np.ndarray, None]:
+    """A case for prediction, by :func:`load_case`'s own code path (no label)."""
+    return None, features(image_path), None
 
 
 def augment(x: torch.Tensor, y: torch.Tensor, generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
@@ -146,4 +157,5 @@ TASK = TaskSpec(
     metric=accuracy,
     prepare=prepare,
     local_state=(r"^input_mean$", r"^input_sq_mean$", r"^stats_ready$"),  # FedBN: each site's own standardization
+    prepare_input=prepare_input,
 )

@@ -82,7 +82,8 @@ def _volume(image_path: Path, spacing_mm: float) -> tuple[Any, np.ndarray]:
     return resample(ras, affine, (spacing_mm,) * 3, xp, ndimage, order=1)
 
 
-def load_case(image_path: Path, label: Path | float, params: dict[str, Any]) -> tuple[np.ndarray, np.ndarray]:
+def nodule_center(image_path: Path, params: dict[str, Any]) -> list[float]:
+    """The datalist entry's nodule centre ``[x, y, z]`` (DICOM patient coordinates, LPS mm)."""
     center = params.get("center_mm")
     if not isinstance(center, (list, tuple)) or len(center) != 3:
         raise SiteDataError(
@@ -90,10 +91,12 @@ def load_case(image_path: Path, label: Path | float, params: dict[str, Any]) -> 
             fix="give each datalist entry the nodule centre from the annotation CSV",
             path=str(image_path),
         )
-    if isinstance(label, Path) or label not in (0, 1):
-        raise SiteDataError(
-            "label must be 0 (benign) or 1 (malignant)", fix="correct the datalist entry", path=str(image_path)
-        )
+    return list(center)
+
+
+def nodule_patch(image_path: Path, params: dict[str, Any]) -> np.ndarray:
+    """The ``[1, p, p, p]`` patch (lung window, isotropic) around the nodule centre ``params["center_mm"]``."""
+    center = nodule_center(image_path, params)
     xp, _ = _array_modules()
     volume, affine = _volume(Path(image_path), float(params["spacing_mm"]))
     ras_mm = np.array([-center[0], -center[1], center[2], 1.0])  # LPS -> RAS
@@ -108,7 +111,23 @@ def load_case(image_path: Path, label: Path | float, params: dict[str, Any]) -> 
     level, width = params["window"]
     patch = extract_patches(window(volume, level, width, xp), voxel[None], (size,) * 3, xp, value=0.0)[0]
     patch = patch.get() if hasattr(patch, "get") else np.asarray(patch)
-    return patch[None].astype(np.float32), np.array([int(label)], dtype=np.int64)
+    return patch[None].astype(np.float32)
+
+
+def load_case(image_path: Path, label: Path | float, params: dict[str, Any]) -> tuple[np.ndarray, np.ndarray]:
+    """A nodule for training: :func:`nodule_patch` and the label (0 benign, 1 malignant)."""
+    nodule_center(image_path, params)
+    if isinstance(label, Path) or label not in (0, 1):
+        raise SiteDataError(
+            "label must be 0 (benign) or 1 (malignant)", fix="correct the datalist entry", path=str(image_path)
+        )
+    return nodule_patch(image_path, params), np.array([int(label)], dtype=np.int64)
+
+
+def prepare_input(image_path: Path, params: dict[str, Any]) -> tuple[None, np.ndarray, None]:
+    """A nodule for prediction (``params["center_mm"]`` from the datalist entry), by :func:`load_case`'s own code
+    path (no label)."""
+    return None, nodule_patch(image_path, params), None
 
 
 def augment(
@@ -133,4 +152,5 @@ TASK = TaskSpec(
     metric=auc,
     default_params=DEFAULT_PARAMS,
     extra_metrics=lambda logits, labels: {"sens_at_spec90": sensitivity_at_specificity(logits, labels, 0.9)},
+    prepare_input=prepare_input,
 )
