@@ -9,6 +9,7 @@ import numpy as np
 import torch
 
 from .engine import DeviceData, resolve_device
+from .he import is_encrypted
 from .site.runtime import build_trainer, load_splits
 from .site.settings import TrainSettings
 from .site_config import SiteConfig
@@ -48,12 +49,21 @@ def holdout_metric(
     return trainer.evaluate(data, batch_size=batch_size)
 
 
-def load_checkpoint(path: str | Path) -> dict[str, np.ndarray]:
-    """The model weights of a checkpoint (a FLARE global model, a best model, a site's local model, or a bare state
-    dict). Read with ``weights_only``: tensors and plain containers only, so a crafted file (say, one downloaded from
-    a server) cannot run code when it is loaded."""
+def read_checkpoint(path: str | Path) -> dict[str, torch.Tensor | bytes]:
+    """The state of a checkpoint as stored (a FLARE global model, a best model, a site's local model, or a bare state
+    dict): tensors, or CKKS ciphertexts (bytes) where an HE job's server saved it. Read with ``weights_only``: tensors
+    and plain containers only, so a crafted file (say, one downloaded from a server) cannot run code when it is
+    loaded."""
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as e:
         raise ValueError(f"{path} is not a plain weights checkpoint (it holds other Python objects): refused") from e
-    return {k: v.numpy() for k, v in state.get("model", state).items()}
+    return dict(state.get("model", state))
+
+
+def load_checkpoint(path: str | Path) -> dict[str, np.ndarray]:
+    """The model weights of a checkpoint (:func:`read_checkpoint`); an encrypted one is refused."""
+    state = read_checkpoint(path)
+    if is_encrypted(state):
+        raise ValueError(f"{path} is encrypted (an HE job's global model): decrypt it with a site's client context")
+    return {k: v.numpy() for k, v in state.items()}

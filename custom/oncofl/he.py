@@ -10,6 +10,10 @@ the FLARE simulator has no startup kits, so HE jobs run in POC or production.
 
 from __future__ import annotations
 
+from pathlib import Path
+from typing import Any
+
+import numpy as np
 from nvflare.apis.dxo import DXO
 from nvflare.apis.fl_context import FLContext
 from nvflare.app_opt.he.cross_site_model_eval import HECrossSiteModelEval
@@ -31,3 +35,28 @@ class HECrossSiteModelEvalFixed(HECrossSiteModelEval):
         if isinstance(dxo.data, dict):
             serialize_nested_dict(dxo.data)
         return super()._save_dxo_content(name, save_dir, dxo, fl_ctx)
+
+
+def is_encrypted(state: dict[str, Any]) -> bool:
+    """Whether a checkpoint's state holds CKKS ciphertexts (serialized vectors, bytes), as an HE job's server saves
+    its global model."""
+    return any(isinstance(value, (bytes, bytearray)) for value in state.values())
+
+
+def decrypt_state(
+    state: dict[str, bytes], context_file: str | Path, shapes: dict[str, tuple[int, ...]]
+) -> dict[str, np.ndarray]:
+    """What a hospital holding the consortium's secret key (its kit's ``startup/client_context.tenseal``) reads from
+    an HE job's encrypted global model: every vector decrypted and shaped as the network's ``shapes``. The server's
+    public context cannot decrypt (``ValueError``)."""
+    import tenseal as ts
+
+    context = ts.context_from(Path(context_file).read_bytes())
+    if not context.has_secret_key():
+        raise ValueError("the context holds no secret key (a server's public context cannot decrypt)")
+    if set(state) != set(shapes):
+        raise ValueError(f"the encrypted model's keys differ from the network's ({len(state)} vs {len(shapes)})")
+    return {
+        key: np.asarray(ts.ckks_vector_from(context, value).decrypt(), dtype=np.float32).reshape(shapes[key])
+        for key, value in state.items()
+    }

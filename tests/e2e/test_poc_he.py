@@ -10,23 +10,15 @@ import pytest
 import torch
 
 from jobs.breast_wdbc import export
-from oncofl import wdbc
+from oncofl import cli, wdbc
 from oncofl.deploy.poc import SERVER, SITES, JobResults, Poc
 from oncofl.evaluation import holdout_metric
+from oncofl.he import decrypt_state
 from tests.e2e.test_poc import free_port, stop_and_check
 
 pytestmark = pytest.mark.slow
 
 MIN_HE_ACCURACY = 0.93  # plain FedAvg on this split: 0.98-0.99 (docs/evidence/breast_wdbc); CKKS adds ~1e-6 noise
-
-
-def decrypt_checkpoint(path, context_file) -> dict[str, np.ndarray]:
-    """What a hospital (holding the secret key) reads from the server's encrypted global model."""
-    import tenseal as ts
-
-    context = ts.context_from(context_file.read_bytes())
-    state = torch.load(path, map_location="cpu", weights_only=True)["model"]
-    return {k: np.asarray(ts.ckks_vector_from(context, v).decrypt()) for k, v in state.items()}
 
 
 @pytest.fixture
@@ -63,16 +55,24 @@ def test_he_job_aggregates_ciphertexts_and_the_decrypted_global_model_learns(he_
     with pytest.raises(ValueError):  # the public context cannot decrypt
         ts.ckks_vector_from(ts.context_from(server_context.read_bytes()), next(iter(stored.values()))).decrypt()
 
-    weights = decrypt_checkpoint(result.global_model, client_context)
     from oncofl.tasks.breast_wdbc import WDBCNet
 
     shapes = {k: tuple(v.shape) for k, v in WDBCNet().state_dict().items()}
-    plain = {k: torch.tensor(v.reshape(shapes[k]), dtype=torch.float32) for k, v in weights.items()}
+    weights = decrypt_state(stored, client_context, shapes)  # what a hospital, holding the secret key, reads
+    plain = {k: torch.from_numpy(v) for k, v in weights.items()}
     torch.save({"model": plain}, tmp_path / "decrypted.pt")
     initial = holdout_metric(None, data / "holdout", task="breast_wdbc")
     final = holdout_metric(tmp_path / "decrypted.pt", data / "holdout", task="breast_wdbc")
     print(f"HE POC held-out accuracy: initial {initial:.3f} -> decrypted global {final:.3f}")
     assert final >= MIN_HE_ACCURACY and final - initial >= 0.3
+
+    # a hospital predicts with the encrypted global model of the downloaded result, decrypting it with its own key
+    out = tmp_path / "predicted"
+    assert cli.main(["predict", "--job", str(result.root), "--he-context", str(client_context), "--input",
+                     str(data / "holdout" / "datalist.json"), "--out", str(out)]) == 0  # fmt: skip
+    rows = json.loads((out / "predictions.json").read_text())["predictions"]
+    labels = [e["label"] for e in json.loads((data / "holdout" / "datalist.json").read_text())["testing"]]
+    assert np.mean([r["predicted_malignant"] == y for r, y in zip(rows, labels)]) == pytest.approx(final, abs=1e-6)
 
     cross = json.loads(result.cross_site.read_text())  # sites decrypted and scored every model
     assert sorted(cross) == list(SITES)

@@ -193,3 +193,40 @@ def test_a_progress_bar_counts_studies_on_a_terminal_and_stays_off_in_logs(mammo
     monkeypatch.setenv("ONCOFL_PROGRESS", "1")
     assert cli.main([*args, "--out", str(tmp_path / "b")]) == 0
     assert "4/4" in capsys.readouterr().err
+
+
+def test_an_he_jobs_encrypted_global_model_is_predicted_only_with_a_hospitals_secret_context(tmp_path, capsys):
+    """An HE job's server saves CKKS ciphertexts (FLARE's serialized vectors): refused without a context, refused
+    with the server's public one, and decrypted with a hospital's client context to the plain model's predictions
+    (CKKS noise: measured |difference| < 1e-6 in probability)."""
+    ts = pytest.importorskip("tenseal")
+    context = ts.context(ts.SCHEME_TYPE.CKKS, poly_modulus_degree=8192, coeff_mod_bit_sizes=[60, 40, 40])
+    context.global_scale = 2**40  # FLARE's HEBuilder defaults
+    secret, public = tmp_path / "client_context.tenseal", tmp_path / "server_context.tenseal"
+    secret.write_bytes(context.serialize(save_secret_key=True))
+    context.make_context_public()
+    public.write_bytes(context.serialize())
+    network = get_task("breast_wdbc").build_network()
+    with torch.no_grad():
+        network.stats_ready.fill_(1.0)  # the pooled moments are in, as after round 0
+        network.input_mean.copy_(torch.linspace(0.5, 3.0, 30))
+    plain = save(network, tmp_path / "plain.pt")
+    encrypted = tmp_path / "FL_global_model.pt"
+    keyed = ts.context_from(secret.read_bytes())
+    torch.save({"model": {k: ts.ckks_vector(keyed, v.flatten().tolist()).serialize()
+                          for k, v in network.state_dict().items()}}, encrypted)  # fmt: skip
+
+    data = wdbc.generate(tmp_path / "wdbc", seed=0)
+    cases = str(Path(data) / "holdout" / "datalist.json")
+    args = ["predict", "--task", "breast_wdbc", "--input", cases]
+    assert cli.main([*args, "--model", str(encrypted), "--out", str(tmp_path / "none")]) == 2
+    assert "the model file is encrypted" in capsys.readouterr().out
+    assert cli.main([*args, "--model", str(encrypted), "--he-context", str(public), "--out", str(tmp_path / "p")]) == 2
+    assert "cannot be decrypted with this context" in capsys.readouterr().out
+    assert cli.main([*args, "--model", str(encrypted), "--he-context", str(secret), "--out", str(tmp_path / "s")]) == 0
+    assert cli.main([*args, "--model", str(plain), "--out", str(tmp_path / "plain")]) == 0
+    decrypted = json.loads((tmp_path / "s" / "predictions.json").read_text())["predictions"]
+    reference = json.loads((tmp_path / "plain" / "predictions.json").read_text())["predictions"]
+    assert len(decrypted) == len(reference) > 50
+    for ours, ref in zip(decrypted, reference):
+        assert ours["probability_malignant"] == pytest.approx(ref["probability_malignant"], abs=1e-5)

@@ -12,7 +12,8 @@ import torch
 from ..deploy.kit_install import sha256_file as file_sha256
 from ..engine import resolve_device
 from ..errors import ModelFileError
-from ..evaluation import load_checkpoint
+from ..evaluation import read_checkpoint
+from ..he import decrypt_state, is_encrypted
 from ..tasks import TaskSpec, get_task
 
 
@@ -63,12 +64,14 @@ def load_model(
     network: dict[str, Any] | None = None,
     params: dict[str, Any] | None = None,
     device: torch.device | None = None,
+    he_context: str | Path | None = None,
 ) -> TrainedModel:
     """The ``task``'s network (built with the job's ``network`` settings) holding the weights of ``path``: a FLARE
     global model (``FL_global_model.pt``), a best model, a site's ``local_model.pt`` or a bare state dict, read with
-    ``weights_only`` (:func:`oncofl.evaluation.load_checkpoint`)."""
+    ``weights_only`` (:func:`read_weights`; ``he_context``: a hospital's client context, for an HE job's model)."""
     spec = prediction_task(task)
-    return with_weights(spec.build_network(**(network or {})), path, task, params=params, device=device)
+    network_module = spec.build_network(**(network or {}))
+    return with_weights(network_module, path, task, params=params, device=device, he_context=he_context)
 
 
 def prediction_task(task: str) -> TaskSpec:
@@ -79,20 +82,11 @@ def prediction_task(task: str) -> TaskSpec:
     return spec
 
 
-def with_weights(
-    model: torch.nn.Module,
-    path: str | Path,
-    task: str,
-    *,
-    params: dict[str, Any] | None = None,
-    device: torch.device | None = None,
-) -> TrainedModel:
-    """``model`` (an instance of the ``task``'s network, e.g. one a MONAI bundle config built) holding the weights of
-    ``path``, read with ``weights_only`` and loaded strictly, as a :class:`TrainedModel` in eval mode on ``device``."""
-    spec = prediction_task(task)
-    path = Path(path)
+def read_weights(path: Path, model: torch.nn.Module, he_context: str | Path | None = None) -> dict[str, Any]:
+    """The checkpoint's weights (:func:`oncofl.evaluation.read_checkpoint`); an HE job's encrypted global model is
+    decrypted with a hospital's client context (``he_context``), shaped as ``model``'s state."""
     try:
-        weights = load_checkpoint(path)
+        state = read_checkpoint(path)
     except Exception as e:  # a missing file, not a torch file, pickled objects (refused by weights_only)
         raise ModelFileError(
             f"model file cannot be read as plain weights ({type(e).__name__})",
@@ -100,6 +94,39 @@ def with_weights(
             path=str(path),
             detail=str(e),
         ) from e
+    if not is_encrypted(state):
+        return state
+    if he_context is None:
+        raise ModelFileError(
+            "the model file is encrypted (an HE job's global model: the server never held it in clear)",
+            fix="decrypt it at a hospital: pass --he-context <its kit>/startup/client_context.tenseal",
+            path=str(path),
+        )
+    try:
+        return decrypt_state(state, he_context, {k: tuple(v.shape) for k, v in model.state_dict().items()})
+    except Exception as e:  # not a TenSEAL context, a public context, another network
+        raise ModelFileError(
+            f"the encrypted model cannot be decrypted with this context ({type(e).__name__})",
+            fix="pass a hospital's client_context.tenseal from this consortium's HE kits, and the job's network",
+            path=str(path),
+            detail=str(e)[:500],
+        ) from e
+
+
+def with_weights(
+    model: torch.nn.Module,
+    path: str | Path,
+    task: str,
+    *,
+    params: dict[str, Any] | None = None,
+    device: torch.device | None = None,
+    he_context: str | Path | None = None,
+) -> TrainedModel:
+    """``model`` (an instance of the ``task``'s network, e.g. one a MONAI bundle config built) holding the weights of
+    ``path`` (:func:`read_weights`), loaded strictly, as a :class:`TrainedModel` in eval mode on ``device``."""
+    spec = prediction_task(task)
+    path = Path(path)
+    weights = read_weights(path, model, he_context)
     try:
         model.load_state_dict({k: torch.as_tensor(v) for k, v in weights.items()}, strict=True)
     except RuntimeError as e:

@@ -168,7 +168,7 @@ def model_from_args(args: argparse.Namespace) -> TrainedModel:
         )
     network = {**(job.network if job else {}), **json.loads(args.network)}
     params = {**(job.params if job else {}), **json.loads(args.params)}
-    return load_model(model, task, network=network, params=params)
+    return load_model(model, task, network=network, params=params, he_context=args.he_context)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -187,6 +187,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", required=True, help="output folder")
     parser.add_argument("--identify", action="store_true", help="name each input's path and UID in predictions.csv/"
                         ".json (default: its number only; paths often carry patient identifiers)")  # fmt: skip
+    parser.add_argument("--he-context", help="an HE job's model is encrypted: decrypt it with this hospital's kit's "
+                        "startup/client_context.tenseal (the consortium's secret key; it stays here)")  # fmt: skip
     parser.add_argument("--network", default="{}", help="network settings as JSON (default: the job's, or the task's)")
     parser.add_argument("--params", default="{}", help="preprocessing parameters as JSON (default: the job's/task's)")
     args = parser.parse_args(argv)
