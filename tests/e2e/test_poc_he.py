@@ -14,6 +14,7 @@ from oncofl import cli, wdbc
 from oncofl.deploy.poc import SERVER, SITES, JobResults, Poc
 from oncofl.evaluation import holdout_metric
 from oncofl.he import decrypt_state
+from oncofl.model_card import write_model_card
 from tests.e2e.test_poc import free_port, stop_and_check
 
 pytestmark = pytest.mark.slow
@@ -65,6 +66,9 @@ def test_he_job_aggregates_ciphertexts_and_the_decrypted_global_model_learns(he_
     final = holdout_metric(tmp_path / "decrypted.pt", data / "holdout", task="breast_wdbc")
     print(f"HE POC held-out accuracy: initial {initial:.3f} -> decrypted global {final:.3f}")
     assert final >= MIN_HE_ACCURACY and final - initial >= 0.3
+
+    card = write_model_card(result.root).read_text()  # the card of the downloaded result says what the files are
+    assert "- **Homomorphic encryption**: every model a site sent was CKKS-encrypted" in card and "(ciphertext)" in card
 
     # a hospital predicts with the encrypted global model of the downloaded result, decrypting it with its own key
     out = tmp_path / "predicted"
