@@ -246,10 +246,26 @@ def _algorithm_lines(run: RunRecord) -> list[str]:
     return lines
 
 
+def encrypted(run: RunRecord) -> bool:
+    """Whether the run's server aggregated CKKS ciphertexts (FLARE's HE components), so its model files are
+    ciphertext."""
+    return any(str(c.get("path", "")).startswith("nvflare.app_opt.he.") for c in run.server.get("components", []))
+
+
+def _he_lines(run: RunRecord) -> list[str]:
+    if not encrypted(run):
+        return []
+    return [
+        "- **Homomorphic encryption**: every model a site sent was CKKS-encrypted and the server aggregated "
+        "ciphertexts; the global model files below are ciphertext, which a hospital decrypts with its kit's "
+        "client context (`oncofl predict --he-context`)"
+    ]
+
+
 def _privacy_lines(run: RunRecord) -> list[str]:
     dp = run.executor.get("dp")
     if not dp:
-        return ["- **Privacy**: no differential privacy (DP-SGD off)"]
+        return ["- **Privacy**: no differential privacy (DP-SGD off)", *_he_lines(run)]
     budget, delta = dp.get("epsilon_budget"), dp.get("delta")
     lines = [f"- **Privacy**: sample-level DP-SGD at every site, budget epsilon {budget:g}, delta {delta:g}"]
     lines[-1] += f", gradient clip {dp.get('max_grad_norm', '?')}"
@@ -260,7 +276,7 @@ def _privacy_lines(run: RunRecord) -> list[str]:
         lines.append(f"  - training stopped at the budget after round {run.privacy['stopped_after_round']}")
     if not run.privacy.get("sites"):
         lines.append("  - no site reported epsilon spent (privacy.json absent or empty)")
-    return lines
+    return lines + _he_lines(run)
 
 
 def _participation_lines(run: RunRecord) -> list[str]:
@@ -339,7 +355,7 @@ def provenance_section(run: RunRecord) -> list[str]:
     lines.append(f"- **oncofl version**: {built.get('version', 'not recorded')}")
     lines.append(f"- **code sha256**: `{built.get('code_sha256', 'not recorded')}` (the job config's ProvenanceCheck)")
     for name, digest in run.models.items():
-        lines.append(f"- **{name}** sha256: `{digest}`")
+        lines.append(f"- **{name}** sha256: `{digest}`" + (" (ciphertext)" if encrypted(run) else ""))
     if not run.models:
         lines.append("- model files: none in the server folder")
     return lines + [""]

@@ -162,6 +162,9 @@ def test_monais_runner_predicts_a_dicom_series_as_oncofl_predict_does(bundle, ru
     assert seg.FrameOfReferenceUID == sources[0].FrameOfReferenceUID
     bundle_sha = hashlib.sha256((bundle / "models" / "model.pt").read_bytes()).hexdigest()
     assert bundle_sha[:12] in seg.SeriesDescription  # the SEG names the weights it ran
+    # the bundle is also a model for oncofl predict: --job <bundle> gives its task, network, preprocessing, weights
+    assert cli.main(["predict", "--job", str(bundle), "--input", str(series), "--out", str(tmp_path / "b")]) == 0
+    np.testing.assert_array_equal(np.asarray(nib.load(tmp_path / "b" / "dicom" / "mask.nii.gz").dataobj), ref)
 
 
 def test_monais_runner_predicts_a_nifti_volume_as_the_dicom_series(bundle, run_folder, case, tmp_path):

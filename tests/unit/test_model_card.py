@@ -145,3 +145,27 @@ def test_command_writes_the_card_next_to_the_global_model(server_folder, tmp_pat
     bad = subprocess.run([str(oncofl), "model-card", "--job-dir", str(tmp_path)], capture_output=True, text=True)
     assert bad.returncode == 2 and "Fix: pass the job's server folder" in bad.stderr
     assert write_model_card(server_folder, tmp_path / "card.md") == tmp_path / "card.md"
+
+
+def test_an_he_runs_card_says_its_models_are_ciphertext_and_a_poc_download_is_read_as_it_is(tmp_path):
+    """An HE job (FLARE's HE components on the server) in the layout of a POC job's downloaded result
+    (``<download>/<job id>/workspace/app_server``, meta.json beside ``workspace``): the card finds the server folder,
+    names the job, and says the model files are ciphertext and how a hospital decrypts them; a plain job's card
+    says nothing of the kind."""
+    job = breast_wdbc.export(tmp_path / "jobs", num_rounds=3, he=True)
+    download = tmp_path / "results" / "8d3c0e4f"
+    shutil.copytree(job / "app" / "config", download / "workspace" / "app_server" / "config")
+    shutil.copy(job / "meta.json", download / "meta.json")
+    write_json(download / "workspace" / "participation.json", participation())
+    torch.save({"model": {"net.0.weight": b"ciphertext"}}, download / "workspace" / "app_server" / "FL_global_model.pt")
+    card = render(read_run(download))
+    assert card.startswith("# Model card: breast_wdbc (`breast_wdbc`)")
+    assert "- **Homomorphic encryption**: every model a site sent was CKKS-encrypted" in card
+    assert "(`oncofl predict --he-context`)" in card and "- **FL_global_model.pt** sha256: `" in card
+    assert "` (ciphertext)" in card and "| 0 | 3 of 3 | site-1, site-2, site-3 | - |" in card
+    assert write_model_card(download) == download / "workspace" / "app_server" / "model_card.md"
+    plain = breast_wdbc.export(tmp_path / "plain", num_rounds=3)
+    shutil.copytree(plain / "app" / "config", tmp_path / "p" / "app_server" / "config")
+    assert "Homomorphic" not in render(read_run(tmp_path / "p")) and "ciphertext" not in render(
+        read_run(tmp_path / "p")
+    )

@@ -12,6 +12,7 @@ from ..errors import ModelFileError
 from ..site.settings import TrainSettings
 
 GLOBAL_MODEL = "FL_global_model.pt"
+BUNDLE_CONFIG, BUNDLE_MODEL = "configs/inference.json", "models/model.pt"  # a bundle from oncofl export-bundle
 
 
 @dataclass(frozen=True)
@@ -49,9 +50,33 @@ def client_config(folder: Path) -> Path:
     return found[0]
 
 
+def bundle_settings(folder: Path) -> JobSettings:
+    """The settings of a MONAI bundle written by ``oncofl export-bundle``: its ``configs/inference.json`` (task,
+    ``network_def``'s arguments, ``preprocessing_params``) and its ``models/model.pt``."""
+    config = folder / BUNDLE_CONFIG
+    try:
+        inference = json.loads(config.read_text())
+        network = {k: v for k, v in inference["network_def"].items() if k != "_target_"}
+        settings = TrainSettings(task=inference["task"], network=network, preprocess=inference["preprocessing_params"])
+    except (OSError, KeyError, TypeError, AttributeError, ValueError) as e:
+        raise ModelFileError(
+            f"the bundle's inference config names no oncofl task and settings ({type(e).__name__})",
+            fix="pass a bundle written by oncofl export-bundle",
+            path=str(config),
+            detail=str(e),
+        ) from e
+    model = folder / BUNDLE_MODEL
+    return JobSettings(
+        settings.task, network, dict(settings.preprocess or {}), folder, model if model.is_file() else None
+    )
+
+
 def read_job_settings(folder: str | Path) -> JobSettings:
-    """The task, network settings and preprocessing parameters of the job in ``folder`` (validated as a site would)."""
+    """The task, network settings and preprocessing parameters of the job in ``folder`` (validated as a site would),
+    or of the MONAI bundle in ``folder`` (:func:`bundle_settings`)."""
     folder = Path(folder)
+    if (folder / BUNDLE_CONFIG).is_file():
+        return bundle_settings(folder)
     config = client_config(folder)
     try:
         executor = json.loads(config.read_text())["executors"][0]["executor"]["args"]
