@@ -193,6 +193,7 @@ def main(argv: list[str] | None = None) -> int:
     )
     card = write_model_card(result.job_dir, holdout=holdout, data_summary=summary)
     print(f"\nmodel card         : {card}")
+    print(f"predict new studies: oncofl predict --job {result.job_dir} --input STUDIES --out DIR")
     return 0
 
 

@@ -21,7 +21,9 @@ def test_simulate_writes_a_card_from_the_run_records(tmp_path, capsys):
     assert simulate.main(["--job", str(job), "--data", str(data), "--workspace", str(tmp_path / "ws")]) == 0
     job_dir = tmp_path / "ws" / "server" / "simulate_job"
     card_path = job_dir / "app_server" / "model_card.md"
-    assert f"model card         : {card_path}" in capsys.readouterr().out
+    printed = capsys.readouterr().out
+    assert f"model card         : {card_path}" in printed
+    assert f"predict new studies: oncofl predict --job {job_dir} --input STUDIES --out DIR" in printed
     card = card_path.read_text()
 
     assert "- **Algorithm**: fedavg (server workflow `ScatterAndGather`)" in card

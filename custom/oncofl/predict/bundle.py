@@ -111,7 +111,7 @@ class BundlePredictor:
         if not results or any(result.error for result in results):
             raise SiteDataError(
                 "no input was found or some inputs could not be predicted (see the lines above)",
-                fix="pass --input with what oncofl predict takes for this task (docs/predict.md)",
+                fix="pass --input with what oncofl predict takes: a series folder or file, a folder, a datalist",
             )
         return results
 

@@ -52,6 +52,10 @@ def _print_results(poc: Poc, job: Path, result: JobResults) -> None:
     print(f"global model  : {result.global_model}")
     print(f"cross-site    : {result.cross_site}\n{cross_site_table(result.cross_site)}")
     print(f"TensorBoard   : tensorboard --logdir {result.tb_events}")
+    from ...model_card import write_model_card
+
+    print(f"model card    : {write_model_card(result.root, data_summary=None)}")
+    print(f"predict       : oncofl predict --job {result.root} --input STUDIES --out DIR")
     holdout = poc.data / "holdout"
     if holdout.is_dir() and Path(job).name == DEFAULT_JOB:
         from ...evaluation import holdout_metric
