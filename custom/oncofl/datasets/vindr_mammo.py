@@ -16,10 +16,10 @@ follow-up) left out -- the ACR BI-RADS Atlas (5th ed.) categories, binarised as 
 that use VinDr-Mammo without biopsy results. Split: ``split`` "training" to the sites, "test" to ``holdout/``.
 
 Sites: the images come from two Vietnamese hospitals (Hospital 108 and Hanoi Medical University Hospital, Nguyen et
-al.), but the release names neither in its CSVs, and its DICOM headers keep no InstitutionName. They do keep the
-equipment (``Manufacturer``; the paper lists Siemens, IMS and Planmed mammography systems), so the sites are the
-``Manufacturer`` header's values (images without one: site ``unknown-manufacturer``): a split by scanner vendor,
-not by hospital.
+al.), but the release's CSVs name neither. The sites are the images' DICOM ``Manufacturer`` header (images without
+one: site ``unknown-manufacturer``): a split by scanner vendor, not by hospital; ``summary.json`` names the sites
+found. (Whether the de-identified headers keep an institution was not checked against the release; the adapter
+does not rely on one.)
 """
 
 from __future__ import annotations
