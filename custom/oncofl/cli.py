@@ -4,6 +4,7 @@ oncofl simulate [--job prostate_mri_seg] [--data DIR]   run a job in the FLARE s
 oncofl model-card --job-dir DIR [--out FILE]            the model card of a finished run (from its records)
 oncofl job export <job> [--out jobs] [options]          write a job folder (settings only)
 oncofl make-data <prostate|mammo|lung|wdbc> --out DIR   synthetic (or scikit-learn) data for 3 sites
+oncofl datasets prepare <dataset> --source D --out DIR  a public dataset as downloaded -> per-site datalists
 oncofl check-site --config oncofl_site.json             check a site's data before joining
 oncofl report --task prostate_seg                       evidence report: federated vs centralized vs local
 oncofl predict --job RUN --input DIR --out DIR          a trained model on new studies -> DICOM-SEG / SR, CSV
@@ -30,6 +31,7 @@ MODULES = {
     "model-card": "oncofl.model_card",
     "report": "oncofl.report",
     "predict": "oncofl.predict",
+    "datasets": "oncofl.datasets",
     "export-bundle": "oncofl.predict.bundle",
     "poc": "oncofl.deploy.poc",
     "provision": "oncofl.deploy.provision",

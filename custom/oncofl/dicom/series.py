@@ -49,6 +49,11 @@ class SeriesVolume:
         return tuple(float(v) for v in np.linalg.norm(self.affine[:3, :3], axis=0))
 
 
+# Annotation files an archive stores next to the slices (TCIA's LIDC-IDRI: the readers' XML in the CT series
+# folder); any other non-DICOM file is still refused.
+SIDECAR_SUFFIXES = frozenset({".xml"})
+
+
 def list_series_files(folder: str | os.PathLike) -> list[Path]:
     folder = Path(folder)
     if not folder.is_dir():
@@ -57,7 +62,11 @@ def list_series_files(folder: str | os.PathLike) -> list[Path]:
             "check the 'image' entry of the datalist (paths are relative to data_root)",
             folder,
         )
-    files = sorted(p for p in folder.iterdir() if p.is_file() and not p.name.startswith("."))
+    files = sorted(
+        p
+        for p in folder.iterdir()
+        if p.is_file() and not p.name.startswith(".") and p.suffix.lower() not in SIDECAR_SUFFIXES
+    )
     if not files:
         raise fail("image series folder is empty", "re-export the series into this folder", folder)
     return files

@@ -1,0 +1,129 @@
+"""CBIS-DDSM (TCIA), as downloaded -> one case per full mammogram, label 1 when any abnormality on it is malignant.
+
+Layout read (Lee et al., Sci. Data 4:170177, 2017; TCIA collection CBIS-DDSM, doi:10.7937/K9/TCIA.2016.7O02S9CY)::
+
+    <source>/mass_case_description_train_set.csv   mass_case_description_test_set.csv
+    <source>/calc_case_description_train_set.csv   calc_case_description_test_set.csv
+    <source>/CBIS-DDSM/Mass-Training_P_00001_LEFT_CC/<study folder>/<series folder>/1-1.dcm
+
+One CSV row per abnormality: ``patient_id``, ``breast_density`` (mass) / ``breast density`` (calc), ``left or right
+breast``, ``image view``, ``abnormality id``, ``abnormality type``, ..., ``pathology`` (MALIGNANT, BENIGN,
+BENIGN_WITHOUT_CALLBACK), ``image file path``, ``cropped image file path``, ``ROI mask file path``. The known
+oddity: ``image file path`` names study/series UID folders (``.../1.3.6.1.4.1.9590.../000000.dcm``) that the
+current TCIA download does not have (it writes ``<date>-DDSM-<n>/1.000000-full mammogram images-<n>/1-1.dcm``), so
+the image is found by the path's first folder (``Mass-Training_P_00001_LEFT_CC``), whose only DICOM is the full
+mammogram (cropped images and masks sit in ``..._CC_1``, ``..._CC_2`` folders).
+
+Label: one per image, 1 (malignant) when any of its abnormalities' ``pathology`` is MALIGNANT, else 0 (BENIGN and
+BENIGN_WITHOUT_CALLBACK). Split: the CSV it comes from -- ``*_train_set`` to the sites, ``*_test_set`` to
+``holdout/`` (the dataset's own split, Lee et al.).
+
+Sites: DDSM was collected at several institutions (MGH, Wake Forest, Sacred Heart, WashU) on several digitizers, but
+CBIS-DDSM re-codes the patients (``P_00001``) and its CSVs and DICOM headers carry no institution, scanner or
+digitizer. When every image's DICOM header has a ``Manufacturer``, the sites are the manufacturers; otherwise (the
+TCIA release as it is) the patients are dealt into :data:`N_SITES` sites ``ddsm-1..3`` by the SHA-256 of the patient
+ID: a deterministic split by patient, *not* an institution split -- a simulation of federation, said in
+``summary.json``'s site names.
+"""
+
+from __future__ import annotations
+
+import csv
+import hashlib
+from pathlib import Path
+
+import pydicom
+
+from .common import DatasetCase, DatasetError, require
+
+NAME = "cbis_ddsm"
+TASK = "breast_mammo_cls"
+SUMMARY = "CBIS-DDSM (TCIA DICOM + case CSVs): full mammograms, malignant if any abnormality is; train/test as released"
+CSV_FILES = (
+    "mass_case_description_train_set.csv",
+    "mass_case_description_test_set.csv",
+    "calc_case_description_train_set.csv",
+    "calc_case_description_test_set.csv",
+)
+COLUMNS = ("patient_id", "pathology", "image file path")
+PATHOLOGIES = ("MALIGNANT", "BENIGN", "BENIGN_WITHOUT_CALLBACK")
+N_SITES = 3
+
+
+def site_name(manufacturer: str) -> str:
+    """The site a manufacturer's images form: its name in lower case, dashes between words."""
+    return "-".join("".join(c if c.isalnum() else " " for c in manufacturer.lower()).split())
+
+
+def manufacturer(path: Path) -> str:
+    """The image's ``Manufacturer`` header ('' when absent)."""
+    ds = pydicom.dcmread(path, stop_before_pixels=True, specific_tags=["Manufacturer"])
+    return str(ds.get("Manufacturer", "") or "").strip()
+
+
+def read_rows(source: Path) -> list[tuple[str, dict[str, str]]]:
+    """(split, row) of every abnormality in the four CSVs; refuses a CSV without the columns read."""
+    rows = []
+    for name in CSV_FILES:
+        with open(source / name, newline="") as f:
+            reader = csv.DictReader(f)
+            fields = {c.strip() for c in reader.fieldnames or []}
+            if not set(COLUMNS) <= fields:
+                raise DatasetError(
+                    "a CBIS-DDSM case description CSV lacks the columns patient_id, pathology or image file path",
+                    fix="use the case description CSVs of the CBIS-DDSM release, unchanged",
+                    path=str(source / name),
+                    detail=f"columns: {sorted(fields)}",
+                )
+            split = "testing" if "_test_set" in name else "training"
+            rows += [(split, {k.strip(): (v or "").strip() for k, v in row.items() if k}) for row in reader]
+    return rows
+
+
+def images(rows: list[tuple[str, dict[str, str]]]) -> dict[str, tuple[str, str, int]]:
+    """Per image (its top folder, e.g. ``Mass-Training_P_00001_LEFT_CC``): (split, patient, label)."""
+    found: dict[str, tuple[str, str, int]] = {}
+    for split, row in rows:
+        top = row["image file path"].replace("\\", "/").split("/")[0]
+        if row["pathology"] not in PATHOLOGIES or not top:
+            raise DatasetError(
+                "a CBIS-DDSM CSV row has no image path or an unknown pathology",
+                fix="use the case description CSVs of the CBIS-DDSM release, unchanged",
+                detail=f"patient {row['patient_id']}, pathology {row['pathology']!r}, image {top!r}",
+            )
+        previous = found.get(top, (split, row["patient_id"], 0))[2]
+        found[top] = (split, row["patient_id"], max(previous, int(row["pathology"] == "MALIGNANT")))
+    return found
+
+
+def full_mammogram(folder: Path) -> Path | None:
+    """The one DICOM under ``<top folder>/<study>/<series>/``, None when there is none or more than one."""
+    files = sorted(folder.glob("*/*/*.dcm"))
+    return files[0] if len(files) == 1 else None
+
+
+def patient_site(patient: str) -> str:
+    """``ddsm-1..N_SITES`` by the SHA-256 of the patient ID."""
+    return f"ddsm-{hashlib.sha256(patient.encode()).digest()[0] % N_SITES + 1}"
+
+
+def cases(source: Path, out: Path) -> list[DatasetCase]:
+    """Every full mammogram the CSVs name, read in place (``out`` is not used)."""
+    require(source, [*CSV_FILES, "CBIS-DDSM"], "CBIS-DDSM")
+    listed = images(read_rows(source))
+    paths = {top: full_mammogram(source / "CBIS-DDSM" / top) for top in sorted(listed)}
+    missing = [top for top, path in paths.items() if path is None]
+    if missing:
+        raise DatasetError(
+            "the CBIS-DDSM download lacks full mammograms the CSVs name (or holds several in one folder)",
+            fix="download the whole CBIS-DDSM collection (all series) with the NBIA Data Retriever",
+            path=str(source / "CBIS-DDSM"),
+            detail=f"{len(missing)} folders, e.g. " + ", ".join(missing[:10]),
+        )
+    makers = {top: manufacturer(path) for top, path in paths.items()}
+    by_header = all(makers.values())
+    return [
+        DatasetCase(site_name(makers[top]) if by_header else patient_site(patient),
+                    paths[top].relative_to(source).as_posix(), label, split)
+        for top, (split, patient, label) in listed.items()
+    ]  # fmt: skip
