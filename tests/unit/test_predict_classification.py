@@ -159,6 +159,12 @@ def test_each_nodule_gets_a_probability_and_an_sr_point_at_its_centre_in_the_ser
         assert {e.ReferencedSOPInstanceUID for e in evidence.ReferencedSOPSequence} == {
             s.SOPInstanceUID for s in series
         }
+    elsewhere = tmp_path / "lists" / "holdout.json"  # a datalist kept apart from the data (oncofl datasets' holdout)
+    elsewhere.parent.mkdir()
+    shutil.copy(lung, elsewhere)
+    again = tmp_path / "again"
+    assert cli.main([*args[:-1], str(again), "--input", str(elsewhere), "--data-root", str(lung.parent)]) == 0
+    assert json.loads((again / "predictions.json").read_text()) == json.loads((out / "predictions.json").read_text())
     capsys.readouterr()
     assert cli.main([*args, "--input", str(lung.parent)]) == 2  # a folder: nodules need their centres
     assert "predicts from a datalist only" in capsys.readouterr().out

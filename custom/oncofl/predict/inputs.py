@@ -2,7 +2,7 @@
 
 - a datalist (``.json``): the entries of its ``testing`` list (else ``test``, ``validation``, ``training``: the first
   present), each an image path or an object with ``image`` and the entry's other keys (e.g. a nodule's
-  ``center_mm``); paths are relative to the datalist's folder; labels, if any, are ignored;
+  ``center_mm``); paths are relative to the datalist's folder (or to ``--data-root``); labels, if any, are ignored;
 - a folder: for volume tasks every DICOM series folder below it (or the folder itself when it is a series), or,
   where it holds no DICOM series, every NIfTI file below it (so a case's ``label.nii.gz`` beside its series is not
   taken for an image; give a NIfTI dataset's images folder, e.g. MSD's ``imagesTs``, or a datalist); for
@@ -76,8 +76,10 @@ def _named(root: Path, paths: list[Path]) -> list[PredictInput]:
     return [PredictInput(number, name(path), path) for number, path in enumerate(paths, start=1)]
 
 
-def from_datalist(path: Path) -> list[PredictInput]:
-    """The entries of the datalist's first split present (see the module doc)."""
+def from_datalist(path: Path, data_root: Path | None = None) -> list[PredictInput]:
+    """The entries of the datalist's first split present (see the module doc); relative paths resolve against
+    ``data_root`` (default: the datalist's folder)."""
+    base = Path(data_root) if data_root else path.parent
     try:
         datalist = json.loads(path.read_text())
         split = next(s for s in DATALIST_SPLITS if isinstance(datalist, dict) and s in datalist)
@@ -85,7 +87,7 @@ def from_datalist(path: Path) -> list[PredictInput]:
         images = [str(entry["image"]) for entry in entries]
         inputs = [
             PredictInput(number, image if images.count(image) == 1 else f"{image} (entry {number})",
-                         path.parent / image, {k: v for k, v in entry.items() if k not in ("image", "label")})
+                         base / image, {k: v for k, v in entry.items() if k not in ("image", "label")})
             for number, (image, entry) in enumerate(zip(images, entries), start=1)
         ]  # fmt: skip
     except (OSError, ValueError, StopIteration, KeyError, TypeError) as e:
@@ -98,11 +100,12 @@ def from_datalist(path: Path) -> list[PredictInput]:
     return inputs
 
 
-def find_inputs(spec: TaskSpec, root: str | Path) -> list[PredictInput]:
-    """The inputs under ``root`` for ``spec``'s task (see the module doc)."""
+def find_inputs(spec: TaskSpec, root: str | Path, data_root: str | Path | None = None) -> list[PredictInput]:
+    """The inputs under ``root`` for ``spec``'s task (see the module doc; ``data_root``: where a datalist's relative
+    paths start, e.g. a public dataset's download for the holdout datalist ``oncofl datasets`` writes)."""
     root = Path(root)
     if root.is_file() and root.suffix.lower() == ".json":
-        return from_datalist(root)
+        return from_datalist(root, Path(data_root) if data_root else None)
     if root.is_file():
         return _named(root, [root])
     if not root.is_dir():

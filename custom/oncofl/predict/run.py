@@ -184,6 +184,8 @@ def main(argv: list[str] | None = None) -> int:
                         "network and preprocessing settings (and a run's global model)")  # fmt: skip
     parser.add_argument("--input", required=True, help="a DICOM series folder or file, a NIfTI or CSV file, a folder "
                         "of studies, or a datalist (.json; lung nodules: entries with center_mm)")  # fmt: skip
+    parser.add_argument("--data-root", help="where a datalist's relative paths start (default: its folder), e.g. the "
+                        "download root for the holdout datalist of `oncofl datasets`")  # fmt: skip
     parser.add_argument("--out", required=True, help="output folder")
     parser.add_argument("--identify", action="store_true", help="name each input's path and UID in predictions.csv/"
                         ".json (default: its number only; paths often carry patient identifiers)")  # fmt: skip
@@ -194,7 +196,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     try:
         model = model_from_args(args)
-        inputs = find_inputs(model.spec, args.input)
+        inputs = find_inputs(model.spec, args.input, args.data_root)
     except OncoFLError as e:
         print(e.local_message())
         return 2
