@@ -92,6 +92,8 @@ def test_msd_extracts_the_t2_channel_named_in_dataset_json_and_deals_seeded_site
     assert_usable(out)
     held = json.loads((out / "holdout" / "datalist.json").read_text())["testing"]
     assert len(held) == 2  # a quarter of 8, NVFlare's test share
+    holdout = load_site_config(out / "holdout" / "site_config.json")  # what `oncofl simulate --data` scores with
+    assert len(read_datalist(holdout, ("testing",), label_kind="mask")["testing"]) == 2
     for entry in held:
         t2 = read_volume(entry["image"])
         assert t2.array.min() >= 0  # the T2 channel, never the ADC (-7)

@@ -5,7 +5,8 @@ An adapter reads a dataset *as its users download it* (release layout, file name
 disk) and yields :class:`DatasetCase` objects, each naming its site (the institution / scanner split the literature
 uses), its image (a path relative to the download root), its label and split. :func:`write_sites` turns them into
 ``<out>/<site>/datalist.json`` and ``<out>/site_configs/<site>.json`` (``data_root``: the download itself, read in
-place) and ``<out>/holdout/datalist.json`` for the dataset's own test split, plus ``<out>/summary.json`` (counts per
+place) and ``<out>/holdout/datalist.json`` for the dataset's own test split (with ``holdout/site_config.json``, which
+``oncofl simulate --data <out>`` scores it with), plus ``<out>/summary.json`` (counts per
 site, split and label: no path, no identifier).
 
 A file that must be converted (a 4D NIfTI's one channel, an NRRD mask) is written under :func:`converted_dir`
@@ -123,6 +124,11 @@ def write_sites(
     if held:
         (out / "holdout").mkdir(parents=True, exist_ok=True)
         (out / "holdout" / "datalist.json").write_text(json.dumps({"testing": held}, indent=1) + "\n")
+        holdout = {"site_name": "holdout", "data_root": str(source), "datalist": str(out / "holdout" / "datalist.json"),
+                   "cache_dir": str(out / "cache" / "holdout")}  # fmt: skip
+        if (out / CONVERTED).is_dir():
+            holdout["converted_root"] = str(out / CONVERTED)
+        (out / "holdout" / "site_config.json").write_text(json.dumps(holdout, indent=2) + "\n")
     counts = Counter((c.site, c.split, str(c.label) if isinstance(c.label, int) else "mask") for c in cases)
     summary = {
         "dataset": dataset,
