@@ -10,9 +10,8 @@ import pytest
 
 from oncofl import synthetic
 from oncofl.datasets import prepare
-from oncofl.evaluation import holdout_metric
 from oncofl.jobs.prostate_mri_seg import export
-from oncofl.simulate import run_simulator
+from oncofl.simulate import holdout_scores, run_simulator
 
 pytestmark = pytest.mark.slow
 
@@ -59,13 +58,9 @@ def test_prostate_job_learns_on_msd_sites(tmp_path):
         job, tmp_path / "ws", out / "site_configs", ["msd-1", "msd-2"], timeout=900, log_file=tmp_path / "sim.log"
     )
     assert result.returncode == 0, (tmp_path / "sim.log").read_text()[-4000:]
-    holdout = {
-        "datalist": out / "holdout" / "datalist.json",
-        "converted_root": out / "converted",
-        "cache_dir": tmp_path / "holdout_cache",
-    }
-    initial = holdout_metric(None, source, **holdout)
-    final = holdout_metric(result.global_model, source, **holdout)
+    # scored as `oncofl simulate --data <out>` scores it: through holdout/site_config.json (the download in place)
+    scores = holdout_scores(job, "prostate_seg", out / "holdout", result)
+    initial, final = scores["initial"], scores["final global"]
     print(f"MSD-layout held-out Dice: initial {initial:.3f}, final {final:.3f}, simulator {result.seconds:.0f} s")
     assert initial <= MAX_INITIAL_DICE
     assert final >= MIN_FINAL_DICE
