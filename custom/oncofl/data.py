@@ -150,10 +150,10 @@ def _case_ref(
             continue
         if not p.exists():
             problem, fix = f"{kind} does not exist", "fix the datalist entry or restore the file"
-        elif not config.allow_paths_outside_data_root and _outside(p, config.data_root):
+        elif not config.allow_paths_outside_data_root and _outside(p, config.roots()):
             problem = f"{kind} path resolves outside data_root (an absolute path, '..' or a symbolic link)"
             fix = (
-                "move the data under data_root and list it relative to data_root, or set "
+                "move the data under data_root and list it relative to data_root (or under converted_root), or set "
                 '"allow_paths_outside_data_root": true in the site config if this is intended'
             )
         else:
@@ -162,11 +162,12 @@ def _case_ref(
     return ref, errors
 
 
-def _outside(path: Path, root: Path) -> bool:
-    """Whether ``path`` (or, for a folder, a file in it) resolves outside ``root`` once '..' and links are followed."""
-    root = root.resolve()
+def _outside(path: Path, roots: Path | tuple[Path, ...]) -> bool:
+    """Whether ``path`` (or, for a folder, a file in it) resolves outside every one of ``roots`` once '..' and links
+    are followed."""
+    resolved = [r.resolve() for r in ((roots,) if isinstance(roots, Path) else roots)]
     targets = [path, *(path.iterdir() if path.is_dir() else ())]
-    return any(not t.resolve().is_relative_to(root) for t in targets)
+    return any(not any(t.resolve().is_relative_to(r) for r in resolved) for t in targets)
 
 
 LABEL_FIXES = {

@@ -26,18 +26,22 @@ def holdout_metric(
     batch_size: int = 4,
     network: dict | None = None,
     params: dict | None = None,
+    datalist: str | Path | None = None,
+    converted_root: str | Path | None = None,
 ) -> float:
     """The task's key metric of ``checkpoint`` on ``<data_root>/datalist.json[split]``.
 
     ``checkpoint=None`` scores the network as ``network`` builds it (its ``init_seed``), i.e. exactly the model the
-    job's server starts from.
+    job's server starts from. ``datalist`` names another datalist file whose paths are relative to ``data_root``
+    (e.g. ``oncofl datasets prepare``'s ``holdout/datalist.json``, with ``converted_root`` its ``converted/``).
     """
     data_root = Path(data_root).resolve()
     spec = get_task(task)
     config = SiteConfig(
         data_root=data_root,
-        datalist=data_root / "datalist.json",
+        datalist=Path(datalist).resolve() if datalist else data_root / "datalist.json",
         cache_dir=Path(cache_dir) if cache_dir else data_root / ".oncofl_cache",
+        converted_root=Path(converted_root).resolve() if converted_root else None,
         site_name="holdout",
     )
     split_data = load_splits(config, spec, spec.params(params), splits=(split,))[split]

@@ -24,7 +24,7 @@ from .catalog import by_task
 from .evaluation import holdout_metric
 from .jobs import class_allow_list, job_folder
 from .model_card import write_model_card
-from .site_config import ENV_VAR
+from .site_config import ENV_VAR, load_site_config
 from .tasks import get_task
 
 
@@ -148,8 +148,17 @@ def holdout_scores(job: Path, task: str, holdout: Path, result: SimulatorResult)
         return {}
     job_args = executor_args(job)
     settings = {"task": task, "network": job_args.get("network"), "params": job_args.get("preprocess")}
+    root, config_file = holdout, holdout / "site_config.json"
+    if config_file.is_file():  # written by `oncofl datasets prepare`: paths relative to the download, read in place
+        config = load_site_config(config_file)
+        root = config.data_root
+        settings |= {
+            "datalist": config.datalist,
+            "converted_root": config.converted_root,
+            "cache_dir": config.cache_dir,
+        }
     models = {"initial": None, "final global": result.global_model, "best global": result.best_model}
-    return {name: holdout_metric(model, holdout, **settings) for name, model in models.items()}
+    return {name: holdout_metric(model, root, **settings) for name, model in models.items()}
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -17,11 +17,15 @@ Example::
       "num_workers": 4,
       "on_unreadable_case": "fail",
       "max_decoded_image_mb": 1024,
-      "allow_paths_outside_data_root": false
+      "allow_paths_outside_data_root": false,
+      "converted_root": "/data/oncofl_sites/converted"
     }
 
 ``max_decoded_image_mb`` caps the pixel data one image (a file or a whole series) may declare before it is decoded;
-``allow_paths_outside_data_root`` lets datalist paths (absolute, ``..``, symlinks) resolve outside ``data_root``.
+``allow_paths_outside_data_root`` lets datalist paths (absolute, ``..``, symlinks) resolve outside ``data_root``;
+``converted_root`` (optional) names one more folder datalist paths may resolve in: where ``oncofl datasets prepare``
+wrote the files it had to convert (a public dataset's download stays ``data_root``, read in place). Any other path
+outside ``data_root`` is still refused.
 
 The file is parsed as JSON and validated field by field; it is never executed.
 """
@@ -56,11 +60,16 @@ class SiteConfig:
     cpu_processes: int = 1  # CPU-only sites: train with this many DDP (gloo) ranks; GPU sites use every gpu_ids entry
     max_decoded_image_mb: int = DEFAULT_MAX_DECODED_IMAGE_MB  # declared pixel size one image may have before decoding
     allow_paths_outside_data_root: bool = False  # datalist paths must resolve inside data_root unless this is set
+    converted_root: Path | None = None  # one more folder datalist paths may resolve in (a dataset's conversions)
     source: Path | None = None
 
     def sensitive_strings(self) -> list[str]:
         """Local paths that must never appear in anything sent to the server."""
-        return [str(p) for p in (self.data_root, self.datalist, self.cache_dir, self.source) if p]
+        return [str(p) for p in (self.data_root, self.datalist, self.cache_dir, self.converted_root, self.source) if p]
+
+    def roots(self) -> tuple[Path, ...]:
+        """The folders datalist paths may resolve in: ``data_root``, and ``converted_root`` when set."""
+        return (self.data_root, self.converted_root) if self.converted_root else (self.data_root,)
 
 
 _ALLOWED = {f.name for f in fields(SiteConfig)} - {"source"}
@@ -123,8 +132,9 @@ def _int_field(raw: dict, key: str, default: int, low: int, high: int, problems:
 
 def _site_paths(
     raw: dict, base: Path, problems: list[str], details: list[str]
-) -> tuple[Path | None, Path | None, Path | None]:
-    """(data_root, datalist, cache_dir), absolute; problems (no paths) and local-only details are appended."""
+) -> tuple[Path | None, Path | None, Path | None, Path | None]:
+    """(data_root, datalist, cache_dir, converted_root), absolute; problems (no paths) and local-only details are
+    appended."""
 
     def as_path(key: str, default: Path | None) -> Path | None:
         value = raw.get(key)
@@ -148,7 +158,11 @@ def _site_paths(
     if datalist is not None and data_root is not None and data_root.is_dir() and not datalist.is_file():
         problems.append("datalist file does not exist")
         details.append(f"datalist={datalist}")
-    return data_root, datalist, as_path("cache_dir", base / "oncofl_cache")
+    converted_root = as_path("converted_root", None)
+    if converted_root is not None and not converted_root.is_dir():
+        problems.append("'converted_root' folder does not exist")
+        details.append(f"converted_root={converted_root}")
+    return data_root, datalist, as_path("cache_dir", base / "oncofl_cache"), converted_root
 
 
 def _options(raw: dict, problems: list[str], details: list[str]) -> dict:
@@ -207,7 +221,8 @@ def parse_site_config(raw: object, *, site_name: str = "", source: Path | None =
     elif declared_site and site_name and declared_site != site_name:
         problems.append(f"'site_name' differs from the name this client runs as, '{site_name}' (a config copied?)")
         details.append(f"site_name={declared_site!r}")
-    data_root, datalist, cache_dir = _site_paths(raw, source.parent if source else Path.cwd(), problems, details)
+    base = source.parent if source else Path.cwd()
+    data_root, datalist, cache_dir, converted_root = _site_paths(raw, base, problems, details)
     options = _options(raw, problems, details)
     if problems:
         raise SiteConfigError(
@@ -223,6 +238,7 @@ def parse_site_config(raw: object, *, site_name: str = "", source: Path | None =
         data_root=data_root,
         datalist=datalist,
         cache_dir=cache_dir,
+        converted_root=converted_root,
         site_name=declared_site or site_name,
         source=source,
         **options,

@@ -5,8 +5,13 @@ An adapter reads a dataset *as its users download it* (release layout, file name
 disk) and yields :class:`DatasetCase` objects, each naming its site (the institution / scanner split the literature
 uses), its image (a path relative to the download root), its label and split. :func:`write_sites` turns them into
 ``<out>/<site>/datalist.json`` and ``<out>/site_configs/<site>.json`` (``data_root``: the download itself, read in
-place) and ``<out>/holdout/datalist.json`` for the dataset's own test split, plus ``<out>/summary.json`` (counts per
+place) and ``<out>/holdout/datalist.json`` for the dataset's own test split (with ``holdout/site_config.json``, which
+``oncofl simulate --data <out>`` scores it with), plus ``<out>/summary.json`` (counts per
 site, split and label: no path, no identifier).
+
+A file that must be converted (a 4D NIfTI's one channel, an NRRD mask) is written under :func:`converted_dir`
+(``<out>/converted/<dataset>/``) and listed by its absolute path; the site configs then name ``<out>/converted`` as
+their ``converted_root``, the one folder besides ``data_root`` their datalist paths may resolve in.
 """
 
 from __future__ import annotations
@@ -22,6 +27,7 @@ import numpy as np
 from ..errors import SiteDataError
 
 SPLITS = ("training", "validation", "testing")
+CONVERTED = "converted"  # <out>/converted/: every file an adapter had to convert, the sites' converted_root
 
 
 class DatasetError(SiteDataError):
@@ -58,6 +64,13 @@ def require(source: Path, relative: list[str], dataset: str) -> None:
             fix=f"download the whole {dataset} release and give its root folder; missing: {shown}",
             path=str(source),
         )
+
+
+def converted_dir(out: Path, dataset: str) -> Path:
+    """Where an adapter writes what it converts: ``<out>/converted/<dataset>/`` (created)."""
+    folder = Path(out).resolve() / CONVERTED / dataset
+    folder.mkdir(parents=True, exist_ok=True)
+    return folder
 
 
 def _entry(case: DatasetCase) -> dict[str, Any]:
@@ -103,6 +116,7 @@ def write_sites(
             "data_root": str(source),
             "datalist": str(out / site / "datalist.json"),
             "cache_dir": str(out / "cache" / site),
+            **({"converted_root": str(out / CONVERTED)} if (out / CONVERTED).is_dir() else {}),
             **(config_fields or {}),
         }
         (configs / f"{site}.json").write_text(json.dumps(config, indent=2) + "\n")
@@ -110,6 +124,11 @@ def write_sites(
     if held:
         (out / "holdout").mkdir(parents=True, exist_ok=True)
         (out / "holdout" / "datalist.json").write_text(json.dumps({"testing": held}, indent=1) + "\n")
+        holdout = {"site_name": "holdout", "data_root": str(source), "datalist": str(out / "holdout" / "datalist.json"),
+                   "cache_dir": str(out / "cache" / "holdout")}  # fmt: skip
+        if (out / CONVERTED).is_dir():
+            holdout["converted_root"] = str(out / CONVERTED)
+        (out / "holdout" / "site_config.json").write_text(json.dumps(holdout, indent=2) + "\n")
     counts = Counter((c.site, c.split, str(c.label) if isinstance(c.label, int) else "mask") for c in cases)
     summary = {
         "dataset": dataset,
