@@ -62,7 +62,10 @@ def read_checkpoint(path: str | Path) -> dict[str, torch.Tensor | bytes]:
         state = torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as e:
         raise ValueError(f"{path} is not a plain weights checkpoint (it holds other Python objects): refused") from e
-    return dict(state.get("model", state))
+    state = state.get("model", state) if isinstance(state, dict) else state
+    if not isinstance(state, dict):
+        raise ValueError(f"{path} holds no state dict (a {type(state).__name__})")
+    return dict(state)
 
 
 def load_checkpoint(path: str | Path) -> dict[str, np.ndarray]:

@@ -130,6 +130,13 @@ def _int_field(raw: dict, key: str, default: int, low: int, high: int, problems:
     return value
 
 
+def _too_wide(folder: Path, data_root: Path | None) -> bool:
+    """Whether ``folder`` would open more than a folder of conversions: ``/``, a home folder, or data_root's
+    ancestor."""
+    homes = {Path.home().resolve(), *(p.resolve() for p in Path("/home").glob("*") if p.is_dir())}
+    return folder == Path(folder.anchor) or folder in homes or (data_root is not None and folder in data_root.parents)
+
+
 def _site_paths(
     raw: dict, base: Path, problems: list[str], details: list[str]
 ) -> tuple[Path | None, Path | None, Path | None, Path | None]:
@@ -161,6 +168,12 @@ def _site_paths(
     converted_root = as_path("converted_root", None)
     if converted_root is not None and not converted_root.is_dir():
         problems.append("'converted_root' folder does not exist")
+        details.append(f"converted_root={converted_root}")
+    elif converted_root is not None and _too_wide(converted_root, data_root):
+        problems.append(
+            "'converted_root' must be a folder of conversions, not the filesystem root, a home folder or a folder "
+            "holding data_root (use allow_paths_outside_data_root for that, knowingly)"
+        )
         details.append(f"converted_root={converted_root}")
     return data_root, datalist, as_path("cache_dir", base / "oncofl_cache"), converted_root
 

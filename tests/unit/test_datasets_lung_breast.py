@@ -222,6 +222,10 @@ CBIS_ROWS = [  # (csv, patient, side, view, abnormality id, pathology)
     ("calc_case_description_train_set.csv", "P_00003", "LEFT", "CC", 1, "BENIGN_WITHOUT_CALLBACK"),
     ("mass_case_description_test_set.csv", "P_00004", "LEFT", "CC", 1, "BENIGN"),
     ("calc_case_description_test_set.csv", "P_00007", "RIGHT", "MLO", 1, "MALIGNANT"),
+    # the same mammogram through a calc row (its own top folder, a second copy): one case, malignant from the mass
+    ("calc_case_description_train_set.csv", "P_00001", "LEFT", "CC", 1, "BENIGN"),
+    # a patient with mass rows in train and a calc row in test: the whole patient to holdout/, never both sides
+    ("calc_case_description_test_set.csv", "P_00006", "LEFT", "MLO", 1, "BENIGN"),
 ]
 UID = "1.3.6.1.4.1.9590.100.1.2."
 
@@ -268,13 +272,14 @@ def test_cbis_ddsm_one_label_per_image_own_split(tmp_path):
             assert cbis_ddsm.patient_site("_".join(top.split("_")[1:3])) == site
             assert entry["image"].endswith("/1-1.dcm") and "full mammogram images" in entry["image"]
             labels[top] = entry["label"]
-    assert labels == {"Mass-Training_P_00001_LEFT_CC": 1, "Mass-Training_P_00001_LEFT_MLO": 0,
-                      "Mass-Training_P_00006_RIGHT_CC": 0, "Mass-Training_P_00010_LEFT_MLO": 1,
+    assert labels == {"Calc-Training_P_00001_LEFT_CC": 1, "Mass-Training_P_00001_LEFT_MLO": 0,
+                      "Mass-Training_P_00010_LEFT_MLO": 1,
                       "Calc-Training_P_00002_RIGHT_CC": 1, "Calc-Training_P_00005_LEFT_CC": 0,
                       "Calc-Training_P_00003_LEFT_CC": 0}  # fmt: skip
     held = json.loads((out / "holdout" / "datalist.json").read_text())["testing"]
     assert sorted((e["image"].split("/")[1], e["label"]) for e in held) == [
-        ("Calc-Test_P_00007_RIGHT_MLO", 1), ("Mass-Test_P_00004_LEFT_CC", 0)]  # fmt: skip
+        ("Calc-Test_P_00006_LEFT_MLO", 0), ("Calc-Test_P_00007_RIGHT_MLO", 1), ("Mass-Test_P_00004_LEFT_CC", 0),
+        ("Mass-Training_P_00006_RIGHT_CC", 0)]  # fmt: skip
     _usable(out, "breast_mammo_cls", {"image_size": 64})
 
 

@@ -251,6 +251,10 @@ def test_converted_root_admits_only_itself_besides_data_root(tmp_path):
     config_path.write_text(json.dumps({**raw, "converted_root": str(tmp_path / "missing")}))
     with pytest.raises(Exception, match="'converted_root' folder does not exist"):
         load_site_config(config_path)
+    for too_wide in ("/", str(Path.home()), str(tmp_path)):  # tmp_path holds the download (data_root)
+        config_path.write_text(json.dumps({**raw, "converted_root": too_wide}))
+        with pytest.raises(Exception, match="'converted_root' must be a folder of conversions"):
+            load_site_config(config_path)
 
 
 # ---------------------------------------------------------------- PROSTATEx

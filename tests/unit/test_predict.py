@@ -21,6 +21,7 @@ from oncofl.dicom.seg import read_seg
 from oncofl.dicom.series import read_series
 from oncofl.errors import ModelFileError
 from oncofl.predict import load_model, predict_folder, predict_series, write_prediction
+from oncofl.predict.inputs import find_inputs
 from oncofl.predict.job import read_job_settings
 from oncofl.preprocess import GridMap, Preprocessor
 from oncofl.tasks import get_task
@@ -323,3 +324,49 @@ def test_a_nifti_volume_gets_the_same_mask_as_its_dicom_series_and_a_datalist_na
     rows = json.loads((out / "predictions.json").read_text())["predictions"]
     assert [r["case"] for r in rows] == [1, 2] and rows[0]["prostate_ml"] == rows[1]["prostate_ml"] > 0
     assert "case-a" not in (out / "predictions.csv").read_text()
+
+
+def test_a_cd_export_is_read_as_its_series_not_as_its_dicomdir(cases, tmp_path):
+    """A CD / PACS export: a DICOMDIR (it has DICOM's preamble too) at the top, the series below."""
+    cd = tmp_path / "cd"
+    for name, (folder, _) in zip(("S1", "S2"), (cases[0], cases[6])):
+        shutil.copytree(folder, cd / "DICOM" / name)
+    (cd / "DICOMDIR").write_bytes(b"\0" * 128 + b"DICM" + b"\0" * 64)
+    found = find_inputs(get_task("prostate_seg"), cd)
+    assert [item.name for item in found] == ["DICOM/S1", "DICOM/S2"]
+
+
+@pytest.mark.parametrize(
+    "executor_args, options",
+    [
+        ({"network": "x"}, []),
+        ({"task": "no_such_task"}, []),
+        ({"preprocess": [1]}, []),
+        ({}, ["--network", "{bad"]),
+        ({}, ["--params", "[1]"]),
+    ],
+    ids=["network-not-object", "unknown-task", "preprocess-not-object", "network-not-json", "params-not-object"],
+)
+def test_a_bad_job_folder_or_option_exits_2_with_a_fix(cases, model_file, tmp_path, capsys, executor_args, options):
+    job = _job_with(tmp_path, **executor_args)
+    args = ["predict", "--job", str(job), "--model", str(model_file), "--input", str(cases[0][0])]
+    assert cli.main([*args, "--out", str(tmp_path / "out"), *options]) == 2
+    assert "Fix:" in capsys.readouterr().out
+
+
+def test_a_malformed_prediction_datalist_is_refused_and_two_inputs_never_share_an_output_folder(
+    cases, model_file, tmp_path, capsys
+):
+    root = tmp_path / "data"
+    shutil.copytree(cases[0][0], root / "a" / "dicom")
+    for bad in ({"testing": "a/dicom"}, {"testing": [None]}, {"testing": [{"image": ["a", "b"]}]}):
+        (root / "bad.json").write_text(json.dumps(bad))
+        args = ["predict", "--task", "prostate_seg", "--model", str(model_file), "--input", str(root / "bad.json")]
+        assert cli.main([*args, "--out", str(tmp_path / "never")]) == 2, bad
+        assert "the datalist cannot be read" in capsys.readouterr().out
+    (root / "twice.json").write_text(json.dumps({"testing": ["a/dicom", "./a/dicom"]}))
+    out = tmp_path / "out"
+    assert cli.main(["predict", "--task", "prostate_seg", "--model", str(model_file), "--input",
+                     str(root / "twice.json"), "--out", str(out)]) == 0  # fmt: skip
+    assert (out / "a" / "dicom" / "seg.dcm").is_file() and (out / "case-0002" / "seg.dcm").is_file()
+    assert not (tmp_path / "never").exists()

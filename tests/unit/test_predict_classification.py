@@ -64,10 +64,11 @@ def mammo(tmp_path_factory) -> Path:
     synthetic_mammo.write_site(root, "site-1", vendor, seed=3, split=False)
     studies = root / f"{PHI}-DOE^JANE"
     shutil.move(root / "site-1" / "cases", studies)
-    for path in studies.glob("*.dcm"):
+    for path in sorted(studies.glob("*.dcm")):
         ds = pydicom.dcmread(path)
         ds.PatientName, ds.PatientID = f"{PHI}^JANE", f"{PHI}-MRN-1"
-        ds.save_as(path)
+        ds.save_as(studies / f"{PHI}-MRN-1_{path.name}")  # file names carry the MRN too, as exports often do
+        path.unlink()
     return studies
 
 
@@ -99,6 +100,7 @@ def test_mammograms_get_the_training_paths_probability_and_an_sr_that_references
         assert f"model_sha256={sha}" in texts["111002"]  # Algorithm Parameters
     tables = (out / "predictions.csv").read_text() + (out / "predictions.json").read_text()
     assert PHI not in tables and str(mammo) not in tables and "1.2." not in tables  # no names, paths or UIDs
+    assert not {"input", "instance_uid"} & set(rows[0])
 
 
 def test_the_research_tables_name_inputs_only_when_asked_and_a_corrupt_image_is_skipped(mammo, tmp_path, capsys):

@@ -14,9 +14,11 @@ current TCIA download does not have (it writes ``<date>-DDSM-<n>/1.000000-full m
 the image is found by the path's first folder (``Mass-Training_P_00001_LEFT_CC``), whose only DICOM is the full
 mammogram (cropped images and masks sit in ``..._CC_1``, ``..._CC_2`` folders).
 
-Label: one per image, 1 (malignant) when any of its abnormalities' ``pathology`` is MALIGNANT, else 0 (BENIGN and
-BENIGN_WITHOUT_CALLBACK). Split: the CSV it comes from -- ``*_train_set`` to the sites, ``*_test_set`` to
-``holdout/`` (the dataset's own split, Lee et al.).
+Label: one per mammogram (patient, side, view: a mass row and a calc row name the same image through two top
+folders, ``Mass-Training_P_00001_LEFT_CC`` and ``Calc-Training_P_00001_LEFT_CC``), 1 (malignant) when any of its
+abnormalities' ``pathology`` is MALIGNANT, else 0 (BENIGN and BENIGN_WITHOUT_CALLBACK). Split: the dataset's own,
+``*_train_set`` to the sites, ``*_test_set`` to ``holdout/`` (Lee et al.), by patient: the mass and calc test sets
+were drawn separately, so a patient with any test row goes to ``holdout/`` whole (no patient on both sides).
 
 Sites: DDSM was collected at several institutions (MGH, Wake Forest, Sacred Heart, WashU) on several digitizers, but
 CBIS-DDSM re-codes the patients (``P_00001``) and its CSVs and DICOM headers carry no institution, scanner or
@@ -80,9 +82,15 @@ def read_rows(source: Path) -> list[tuple[str, dict[str, str]]]:
     return rows
 
 
-def images(rows: list[tuple[str, dict[str, str]]]) -> dict[str, tuple[str, str, int]]:
-    """Per image (its top folder, e.g. ``Mass-Training_P_00001_LEFT_CC``): (split, patient, label)."""
-    found: dict[str, tuple[str, str, int]] = {}
+def image_key(top: str) -> str:
+    """The mammogram a top folder holds, without the mass/calc and train/test prefix: ``P_00001_LEFT_CC``."""
+    return top.split("_", 1)[1] if "_" in top else top
+
+
+def images(rows: list[tuple[str, dict[str, str]]]) -> dict[str, tuple[set[str], str, int, list[str]]]:
+    """Per mammogram (patient, side, view; a mass row and a calc row may name the same one through two top folders):
+    (the splits its rows come from, patient, label, its top folders)."""
+    found: dict[str, tuple[set[str], str, int, list[str]]] = {}
     for split, row in rows:
         top = row["image file path"].replace("\\", "/").split("/")[0]
         if row["pathology"] not in PATHOLOGIES or not top:
@@ -91,9 +99,17 @@ def images(rows: list[tuple[str, dict[str, str]]]) -> dict[str, tuple[str, str, 
                 fix="use the case description CSVs of the CBIS-DDSM release, unchanged",
                 detail=f"patient {row['patient_id']}, pathology {row['pathology']!r}, image {top!r}",
             )
-        previous = found.get(top, (split, row["patient_id"], 0))[2]
-        found[top] = (split, row["patient_id"], max(previous, int(row["pathology"] == "MALIGNANT")))
+        splits, _, label, tops = found.get(image_key(top), (set(), row["patient_id"], 0, []))
+        malignant = int(row["pathology"] == "MALIGNANT")
+        found[image_key(top)] = (splits | {split}, row["patient_id"], max(label, malignant), sorted({*tops, top}))
     return found
+
+
+def split_by_patient(listed: dict[str, tuple[set[str], str, int, list[str]]]) -> dict[str, str]:
+    """Per mammogram: "testing" when any row of its patient is in a test CSV (no patient on both sides of the
+    split: mass and calc test sets were drawn separately), else "training"."""
+    tested = {patient for splits, patient, _, _ in listed.values() if "testing" in splits}
+    return {key: "testing" if patient in tested else "training" for key, (_, patient, _, _) in listed.items()}
 
 
 def full_mammogram(folder: Path) -> Path | None:
@@ -108,11 +124,13 @@ def patient_site(patient: str) -> str:
 
 
 def cases(source: Path, out: Path) -> list[DatasetCase]:
-    """Every full mammogram the CSVs name, read in place (``out`` is not used)."""
+    """Every full mammogram the CSVs name, once, read in place (``out`` is not used)."""
     require(source, [*CSV_FILES, "CBIS-DDSM"], "CBIS-DDSM")
     listed = images(read_rows(source))
-    paths = {top: full_mammogram(source / "CBIS-DDSM" / top) for top in sorted(listed)}
-    missing = [top for top, path in paths.items() if path is None]
+    paths = {}
+    for key, (_, _, _, tops) in sorted(listed.items()):  # the first of its folders that holds the mammogram
+        paths[key] = next((p for p in (full_mammogram(source / "CBIS-DDSM" / t) for t in tops) if p), None)
+    missing = [listed[key][3][0] for key, path in paths.items() if path is None]
     if missing:
         raise DatasetError(
             "the CBIS-DDSM download lacks full mammograms the CSVs name (or holds several in one folder)",
@@ -120,10 +138,11 @@ def cases(source: Path, out: Path) -> list[DatasetCase]:
             path=str(source / "CBIS-DDSM"),
             detail=f"{len(missing)} folders, e.g. " + ", ".join(missing[:10]),
         )
-    makers = {top: manufacturer(path) for top, path in paths.items()}
+    makers = {key: manufacturer(path) for key, path in paths.items()}
     by_header = all(makers.values())
+    splits = split_by_patient(listed)
     return [
-        DatasetCase(site_name(makers[top]) if by_header else patient_site(patient),
-                    paths[top].relative_to(source).as_posix(), label, split)
-        for top, (split, patient, label) in listed.items()
+        DatasetCase(site_name(makers[key]) if by_header else patient_site(patient),
+                    paths[key].relative_to(source).as_posix(), label, splits[key])
+        for key, (_, patient, label, _) in sorted(listed.items())
     ]  # fmt: skip

@@ -16,7 +16,6 @@ from .model import TrainedModel, file_sha256, load_model
 from .outputs import write_mask, write_seg, write_sr
 from .run import (
     Prediction,
-    find_series,
     main,
     predict_folder,
     predict_inputs,
@@ -35,7 +34,6 @@ __all__ = [
     "classify",
     "file_sha256",
     "find_inputs",
-    "find_series",
     "load_model",
     "main",
     "predict_folder",

@@ -203,16 +203,24 @@ def _write_json(path: Path, value: dict[str, Any]) -> None:
 
 
 def export_bundle(
-    job_dir: str | Path, out: str | Path, *, model: str | Path | None = None, holdout: dict[str, float] | None = None
+    job_dir: str | Path,
+    out: str | Path,
+    *,
+    model: str | Path | None = None,
+    holdout: dict[str, float] | None = None,
+    he_context: str | Path | None = None,
 ) -> Path:
     """Write the MONAI bundle of ``model`` (default: the global model of the finished run in ``job_dir``) trained by
-    the job in ``job_dir`` (a job folder or a run's server folder) to the new folder ``out``; returns ``out``."""
+    the job in ``job_dir`` (a job folder or a run's server folder) to the new folder ``out``; returns ``out``. An HE
+    job's encrypted model is decrypted with a hospital's client context (``he_context``): the bundle then holds the
+    model in clear."""
     job_dir = Path(job_dir)
     settings = read_job_settings(job_dir)
     source = _source_model(job_dir, model, settings.global_model)
     trained = load_model(
-        source, settings.task, network=settings.network, params=settings.params, device=torch.device("cpu")
-    )
+        source, settings.task, network=settings.network, params=settings.params, device=torch.device("cpu"),
+        he_context=he_context,
+    )  # fmt: skip
     out = _empty_folder(Path(out))
     torch.save({k: v.detach().cpu() for k, v in trained.network.state_dict().items()}, out / MODEL_PT)
     network = network_arguments(trained.spec, settings.network)
@@ -238,11 +246,15 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--job", required=True, help="a finished run's server folder (settings, global model, "
                         "run records) or a job folder (then --model)")  # fmt: skip
     parser.add_argument("--model", help="the model file (default: the run's FL_global_model.pt)")
+    parser.add_argument("--he-context", help="an HE job's model is encrypted: decrypt it with a hospital's kit's "
+                        "startup/client_context.tenseal (the bundle then holds the model in clear)")  # fmt: skip
     parser.add_argument("--out", required=True, help="the bundle folder to write (new or empty)")
     parser.add_argument("--holdout", action="append", default=[], help="a held-out score, NAME=VALUE (repeatable)")
     args = parser.parse_args(argv)
     try:
-        out = export_bundle(args.job, args.out, model=args.model, holdout=parse_holdout(args.holdout))
+        out = export_bundle(
+            args.job, args.out, model=args.model, holdout=parse_holdout(args.holdout), he_context=args.he_context
+        )
     except OncoFLError as e:
         print(e.local_message())
         return 2

@@ -19,6 +19,7 @@ import monai
 import numpy as np
 import torch
 
+from ..errors import ModelFileError
 from ..model_card import INTENDED_USE, TASK_TEXT, RunRecord, key_metric, read_run, sites
 from ..provenance import installed
 from .job import client_config
@@ -47,10 +48,21 @@ def run_record(folder: Path) -> tuple[RunRecord, bool]:
         pass
     client = client_config(folder)
     server = client.parent / "config_fed_server.json"
-    meta = folder / "meta.json"
-    name = json.loads(meta.read_text()).get("name", folder.name) if meta.is_file() else folder.name
-    server_config = json.loads(server.read_text()) if server.is_file() else {}
-    return RunRecord(job=name, server=server_config, client=json.loads(client.read_text())), False
+    try:
+        name = _json_file(folder / "meta.json").get("name", folder.name)
+        return RunRecord(job=name, server=_json_file(server), client=json.loads(client.read_text())), False
+    except (OSError, ValueError, AttributeError) as e:
+        raise ModelFileError(
+            f"the job's configs cannot be read as JSON objects ({type(e).__name__})",
+            fix="pass a job folder written by oncofl job export, or a finished run's folder",
+            path=str(folder),
+            detail=str(e),
+        ) from e
+
+
+def _json_file(path: Path) -> dict[str, Any]:
+    """A JSON object from ``path``; {} when there is no such file."""
+    return json.loads(path.read_text()) if path.is_file() else {}
 
 
 def _package_version(name: str) -> str:

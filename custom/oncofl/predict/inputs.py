@@ -55,8 +55,9 @@ class PredictInput:
 
 
 def is_dicom_file(path: Path) -> bool:
-    """A DICOM file by its name (.dcm) or its preamble (``DICM`` at byte 128)."""
-    if not path.is_file() or path.name.startswith("."):
+    """A DICOM image file by its name (.dcm) or its preamble (``DICM`` at byte 128); not a media directory
+    (``DICOMDIR``, the index of a CD or PACS export, which DICOM names so)."""
+    if not path.is_file() or path.name.startswith(".") or path.name.upper() == "DICOMDIR":
         return False
     if path.suffix.lower() in (".dcm", ".dicom"):
         return True
@@ -76,6 +77,17 @@ def _named(root: Path, paths: list[Path]) -> list[PredictInput]:
     return [PredictInput(number, name(path), path) for number, path in enumerate(paths, start=1)]
 
 
+def _entries(split: object) -> list:
+    """A split's entries: a list of image paths or of objects with a string ``image`` (``TypeError`` otherwise)."""
+    if not isinstance(split, list):
+        raise TypeError("a datalist split must be a list")
+    for entry in split:
+        image = entry.get("image") if isinstance(entry, dict) else entry
+        if not isinstance(image, str) or not image:
+            raise TypeError("each entry must be an image path or an object with a string 'image'")
+    return split
+
+
 def from_datalist(path: Path, data_root: Path | None = None) -> list[PredictInput]:
     """The entries of the datalist's first split present (see the module doc); relative paths resolve against
     ``data_root`` (default: the datalist's folder)."""
@@ -83,7 +95,7 @@ def from_datalist(path: Path, data_root: Path | None = None) -> list[PredictInpu
     try:
         datalist = json.loads(path.read_text())
         split = next(s for s in DATALIST_SPLITS if isinstance(datalist, dict) and s in datalist)
-        entries = [e if isinstance(e, dict) else {"image": e} for e in datalist[split]]
+        entries = [e if isinstance(e, dict) else {"image": e} for e in _entries(datalist[split])]
         images = [str(entry["image"]) for entry in entries]
         inputs = [
             PredictInput(number, image if images.count(image) == 1 else f"{image} (entry {number})",

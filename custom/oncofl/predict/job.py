@@ -9,7 +9,9 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import ModelFileError
+from ..model_card import server_folder
 from ..site.settings import TrainSettings
+from ..tasks import TASK_NAMES
 
 GLOBAL_MODEL = "FL_global_model.pt"
 BUNDLE_CONFIG, BUNDLE_MODEL = "configs/inference.json", "models/model.pt"  # a bundle from oncofl export-bundle
@@ -39,7 +41,10 @@ def client_config(folder: Path) -> Path:
     server folder ``app_server``) or in ``config/``."""
     found = [*sorted(folder.glob("app*/config/config_fed_client.json")), *folder.glob("config/config_fed_client.json")]
     if not found and folder.is_dir():  # a POC or kit job's downloaded result: its server folder inside
-        found = sorted(folder.rglob("app_server/config/config_fed_client.json"), key=lambda p: len(p.parts))[:1]
+        try:
+            found = [server_folder(folder) / "app_server" / "config" / "config_fed_client.json"]
+        except FileNotFoundError:
+            found = []
     if not found:
         raise ModelFileError(
             "the job folder holds no app*/config/config_fed_client.json",
@@ -50,6 +55,16 @@ def client_config(folder: Path) -> Path:
     return found[0]
 
 
+def checked_settings(task: Any, network: Any, preprocess: Any) -> TrainSettings:
+    """The settings as a site would validate them: a known task, network and preprocessing as JSON objects (a
+    ``ValueError`` or ``TypeError`` otherwise)."""
+    if task not in TASK_NAMES:
+        raise ValueError(f"unknown task {task!r}")
+    if not isinstance(network, dict | None) or not isinstance(preprocess, dict | None):
+        raise TypeError("network and preprocess must be JSON objects")
+    return TrainSettings(task=task, network=network, preprocess=preprocess)
+
+
 def bundle_settings(folder: Path) -> JobSettings:
     """The settings of a MONAI bundle written by ``oncofl export-bundle``: its ``configs/inference.json`` (task,
     ``network_def``'s arguments, ``preprocessing_params``) and its ``models/model.pt``."""
@@ -57,7 +72,7 @@ def bundle_settings(folder: Path) -> JobSettings:
     try:
         inference = json.loads(config.read_text())
         network = {k: v for k, v in inference["network_def"].items() if k != "_target_"}
-        settings = TrainSettings(task=inference["task"], network=network, preprocess=inference["preprocessing_params"])
+        settings = checked_settings(inference["task"], network, inference["preprocessing_params"])
     except (OSError, KeyError, TypeError, AttributeError, ValueError) as e:
         raise ModelFileError(
             f"the bundle's inference config names no oncofl task and settings ({type(e).__name__})",
@@ -82,7 +97,8 @@ def read_job_settings(folder: str | Path) -> JobSettings:
         executor = json.loads(config.read_text())["executors"][0]["executor"]["args"]
         names = {f.name for f in fields(TrainSettings)}
         settings = TrainSettings.from_job(**{k: v for k, v in executor.items() if k in names})
-    except (OSError, KeyError, IndexError, TypeError, ValueError) as e:  # JSONDecodeError is a ValueError
+        checked_settings(settings.task, settings.network, settings.preprocess)
+    except (OSError, KeyError, IndexError, TypeError, AttributeError, ValueError) as e:  # JSONDecodeError: ValueError
         raise ModelFileError(
             f"the job's client config names no valid training settings ({type(e).__name__})",
             fix="pass a folder of a job written by `oncofl job export` (or a run of one)",

@@ -18,13 +18,13 @@ import numpy as np
 
 from ..dicom.pixels import read_header
 from ..dicom.series import SeriesVolume, list_series_files
-from ..errors import ModelFileError, OncoFLError, SiteDataError
+from ..errors import ModelFileError, OncoFLError
 from ..preprocess import GridMap
 from ..progress import progress, say
 from ..tasks import TASK_NAMES, get_task
 from ..volume import is_nifti
 from .classify import classify
-from .inputs import PredictInput, find_inputs, holds_dicom
+from .inputs import PredictInput, find_inputs
 from .job import read_job_settings
 from .model import TrainedModel, load_model
 from .outputs import write_mask, write_seg
@@ -74,18 +74,6 @@ def write_prediction(model: TrainedModel, prediction: Prediction, out_dir: str |
     return seg, write_mask(prediction.label, prediction.volume, out_dir / MASK_NAME)
 
 
-def find_series(root: str | Path) -> list[Path]:
-    """``root`` when it is a series folder (holds DICOM files), else every folder below it that holds DICOM files."""
-    root = Path(root)
-    if not root.is_dir():
-        raise SiteDataError(
-            "input folder does not exist", fix="give a series folder or a folder of series folders", path=str(root)
-        )
-    if holds_dicom(root):
-        return [root]
-    return sorted(d for d in root.rglob("*") if d.is_dir() and holds_dicom(d))
-
-
 def segment_volumes(model: TrainedModel, prediction: Prediction) -> dict[str, float]:
     """Per segment: its volume in ml on the source grid (``<label>_ml``)."""
     voxel_ml = float(np.prod(prediction.volume.spacing)) / 1000.0
@@ -106,17 +94,18 @@ def output_folder(out: Path, item: PredictInput) -> Path:
     return out.joinpath(*parts)
 
 
-def segment(model: TrainedModel, item: PredictInput, out: Path) -> CaseResult:
+def segment(model: TrainedModel, item: PredictInput, out: Path, folder: Path | None = None) -> CaseResult:
     prediction = predict_series(model, item.path)
-    files = write_prediction(model, prediction, output_folder(out, item))
+    files = write_prediction(model, prediction, folder or output_folder(out, item))
     uid = "" if is_nifti(item.path) else str(read_header(list_series_files(item.path)[0]).SeriesInstanceUID)
     return CaseResult(item, segment_volumes(model, prediction), files=tuple(f for f in files if f), uid=uid)
 
 
-def predict_one(model: TrainedModel, item: PredictInput, out: Path) -> CaseResult:
-    """One input through the model (segmentation or classification); a failure is returned with its local reason."""
+def predict_one(model: TrainedModel, item: PredictInput, out: Path, folder: Path | None = None) -> CaseResult:
+    """One input through the model (segmentation into ``folder``, default :func:`output_folder`; or
+    classification); a failure is returned with its local reason."""
     try:
-        return segment(model, item, out) if model.spec.segments else classify(model, item, out)
+        return segment(model, item, out, folder) if model.spec.segments else classify(model, item, out)
     except OncoFLError as e:
         return CaseResult(item, error=e.local_message())
     except Exception as e:  # noqa: BLE001 - one input's unexpected failure must not stop the others
@@ -129,9 +118,12 @@ def predict_inputs(
     """Every input through the model, with a progress bar over them; each outcome logged (the local console: it
     names files); then the research tables (:mod:`oncofl.predict.tables`)."""
     out = Path(out)
-    results = []
+    results, used = [], set()
     for item in progress(inputs, desc="predict", unit="study"):
-        result = predict_one(model, item, out)
+        folder = output_folder(out, item)  # two inputs that would share a folder: the second by its number
+        folder = out / f"case-{item.number:04d}" if folder in used else folder
+        used.add(folder)
+        result = predict_one(model, item, out, folder)
         results.append(result)
         if result.error:
             log(f"FAILED  {item.name}: {result.error}")
@@ -150,6 +142,20 @@ def predict_folder(model: TrainedModel, root: str | Path, out: str | Path, *, lo
     return {result.input.name: result.error for result in results}
 
 
+def json_object(text: str, option: str) -> dict:
+    """A command-line option's JSON object."""
+    try:
+        value = json.loads(text)
+    except ValueError:
+        value = None
+    if not isinstance(value, dict):
+        raise ModelFileError(
+            "an option's value is not a JSON object", fix='give --network and --params as JSON objects, e.g. {"a": 1}',
+            detail=option,
+        )  # fmt: skip
+    return value
+
+
 def model_from_args(args: argparse.Namespace) -> TrainedModel:
     """The model the command line names: ``--job`` gives the task, network and preprocessing of the job (and, for a
     finished run's server folder, its global model); ``--task``/``--model``/``--network``/``--params`` give or
@@ -166,8 +172,10 @@ def model_from_args(args: argparse.Namespace) -> TrainedModel:
             "no task or no model file",
             fix="give --job (a job or a finished run's server folder), or --task and --model",
         )
-    network = {**(job.network if job else {}), **json.loads(args.network)}
-    params = {**(job.params if job else {}), **json.loads(args.params)}
+    network = {**(job.network if job else {}), **json_object(args.network, "--network")}
+    params = {**(job.params if job else {}), **json_object(args.params, "--params")}
+    if task not in TASK_NAMES:
+        raise ModelFileError("the task is not one of oncofl's tasks", fix="give --task or --job of an oncofl task")
     return load_model(model, task, network=network, params=params, he_context=args.he_context)
 
 
