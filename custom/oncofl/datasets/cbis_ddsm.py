@@ -34,9 +34,7 @@ import csv
 import hashlib
 from pathlib import Path
 
-import pydicom
-
-from .common import DatasetCase, DatasetError, require
+from .common import DatasetCase, DatasetError, manufacturer, require, site_name
 
 NAME = "cbis_ddsm"
 TASK = "breast_mammo_cls"
@@ -50,17 +48,6 @@ CSV_FILES = (
 COLUMNS = ("patient_id", "pathology", "image file path")
 PATHOLOGIES = ("MALIGNANT", "BENIGN", "BENIGN_WITHOUT_CALLBACK")
 N_SITES = 3
-
-
-def site_name(manufacturer: str) -> str:
-    """The site a manufacturer's images form: its name in lower case, dashes between words."""
-    return "-".join("".join(c if c.isalnum() else " " for c in manufacturer.lower()).split())
-
-
-def manufacturer(path: Path) -> str:
-    """The image's ``Manufacturer`` header ('' when absent)."""
-    ds = pydicom.dcmread(path, stop_before_pixels=True, specific_tags=["Manufacturer"])
-    return str(ds.get("Manufacturer", "") or "").strip()
 
 
 def read_rows(source: Path) -> list[tuple[str, dict[str, str]]]:

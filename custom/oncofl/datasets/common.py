@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import pydicom
 
 from ..errors import SiteDataError
 
@@ -52,6 +53,19 @@ class DatasetCase:
     label: str | int
     split: str = "training"
     extra: dict[str, Any] = field(default_factory=dict)
+
+
+def site_name(manufacturer: str) -> str:
+    """The site a manufacturer's images form (the literature's scanner split): its name in lower case, dashes
+    between words; ``unknown-manufacturer`` when the header is empty."""
+    words = "".join(c if c.isalnum() else " " for c in manufacturer.lower()).split()
+    return "-".join(words) or "unknown-manufacturer"
+
+
+def manufacturer(path: Path) -> str:
+    """A DICOM file's ``Manufacturer`` header ('' when absent)."""
+    ds = pydicom.dcmread(path, stop_before_pixels=True, specific_tags=["Manufacturer"])
+    return str(ds.get("Manufacturer", "") or "").strip()
 
 
 def require(source: Path, relative: list[str], dataset: str) -> None:

@@ -45,7 +45,7 @@ import pydicom
 from scipy.sparse.csgraph import connected_components
 from scipy.spatial.distance import cdist, pdist
 
-from .common import DatasetCase, DatasetError, require
+from .common import DatasetCase, DatasetError, require, site_name
 
 NAME = "lidc_idri"
 TASK = "lung_nodule_cls"
@@ -171,12 +171,6 @@ def cluster(marks: list[Mark], tolerance: float, factor: float = 0.9, min_tolera
 def label(malignancy: float) -> int | None:
     """Median malignancy > 3 -> 1, < 3 -> 0, = 3 -> None (left out)."""
     return None if malignancy == 3 else int(malignancy > 3)
-
-
-def site_name(manufacturer: str) -> str:
-    """The site a manufacturer's CTs form: its name in lower case, dashes between words."""
-    words = "".join(c if c.isalnum() else " " for c in manufacturer.lower()).split()
-    return "-".join(words) or "unknown-manufacturer"
 
 
 def held_out(patient: str) -> bool:

@@ -27,8 +27,7 @@ from __future__ import annotations
 import csv
 from pathlib import Path
 
-from .cbis_ddsm import manufacturer, site_name
-from .common import DatasetCase, DatasetError, require
+from .common import DatasetCase, DatasetError, manufacturer, require, site_name
 
 NAME = "vindr_mammo"
 TASK = "breast_mammo_cls"
@@ -81,6 +80,6 @@ def cases(source: Path, out: Path) -> list[DatasetCase]:
                 detail=f"image {row['image_id']}, split {row['split']!r}",
             )
         image = images[row["image_id"]]
-        site = site_name(manufacturer(source / image)) or "unknown-manufacturer"
+        site = site_name(manufacturer(source / image))
         found.append(DatasetCase(site, image, label(row["breast_birads"]), SPLITS[row["split"]]))
     return found
