@@ -60,6 +60,7 @@ JOBS: tuple[Job, ...] = (
         data_summary="mammograms",
         imaging=True,
         gpu_data={"scale": 4},  # 832 x 640 detector images (0.26 mm), which the job resizes to 512 x 512
+        evidence_report=True,
     ),
     Job(
         "lung_nodule_cls",
@@ -69,6 +70,7 @@ JOBS: tuple[Job, ...] = (
         data_folder="synthetic_lung",
         data_summary="chest CT + nodule list",
         imaging=True,
+        evidence_report=True,
     ),
     Job(
         "breast_wdbc",

@@ -40,6 +40,15 @@ from .catalog import JOBS, by_task
 from .engine import DeviceData, Trainer, resolve_device
 from .evaluation import holdout_metric
 from .model_card import read_curve
+from .report_unseen import (
+    anchor_columns,
+    fmt_interval,
+    loso_name,
+    loso_section,
+    site_vendors,
+    subgroup_datalists,
+    subgroup_section,
+)
 from .simulate import executor_args, run_simulator
 from .site.runtime import build_trainer, load_splits
 from .site.settings import TrainSettings
@@ -81,11 +90,26 @@ class Scorer:
         self.task, self.data = task, data
         self.kwargs = {"task": task, "network": settings.get("network"), "params": settings.get("preprocess")}
         self.sites = site_roots(data)
+        self.groups = subgroup_datalists(data / "holdout", data / "cache" / "subgroups")  # {vendor: datalist}
 
-    def holdout(self, checkpoint: Path | None) -> float:
+    def holdout(self, checkpoint: Path | None, datalist: Path | None = None) -> float:
         return holdout_metric(
-            checkpoint, self.data / "holdout", cache_dir=self.data / "cache" / "holdout", **self.kwargs
+            checkpoint,
+            self.data / "holdout",
+            cache_dir=self.data / "cache" / "holdout",
+            datalist=datalist,
+            **self.kwargs,
         )
+
+    def subgroups(self, checkpoints: list[Path]) -> dict[str, float]:
+        """Per vendor: the metric on the held-out cases of that vendor (several checkpoints: their mean)."""
+        scores = {}
+        for vendor, datalist in self.groups.items():
+            try:
+                scores[vendor] = float(np.mean([self.holdout(c, datalist) for c in checkpoints]))
+            except Exception:  # e.g. one class only in this group: no AUC; the report shows '-'
+                scores[vendor] = float("nan")
+        return scores
 
     def on_site(self, checkpoint: Path, site: str) -> float:
         cache = self.data / "cache" / f"{site}_validation"
@@ -130,12 +154,21 @@ def learning_curve(job_dir: Path, key: str) -> list[float]:
 
 
 def run_federated(
-    task: str, name: str, options: dict[str, Any], data: Path, work: Path, job_kwargs: dict[str, Any]
+    task: str,
+    name: str,
+    options: dict[str, Any],
+    data: Path,
+    work: Path,
+    job_kwargs: dict[str, Any],
+    sites: list[str] | None = None,
+    left_out: str | None = None,
 ) -> dict[str, Any]:
-    """One federated configuration in the FLARE simulator; its scores, curve, cross-site matrix and server logs."""
+    """One federated configuration in the FLARE simulator (``sites``: a subset of the sites, default all); its scores
+    (held-out, per site, per vendor subgroup), curve, cross-site matrix and server logs. ``left_out``: a site not in
+    the run, whose validation split the global model is also scored on (``unseen``)."""
     job_dir = by_task(task).definition().export(work / "jobs", **job_kwargs, **options)
     settings = job_settings(job_dir)
-    sites = sorted(site_roots(data))
+    sites = sorted(sites or site_roots(data))
     # each run reads its own copy of the sites' data: runs side by side never share a cache folder
     site_data = work / "site_data"
     if not site_data.exists():
@@ -158,6 +191,8 @@ def run_federated(
     return {
         "held_out": holdout,
         "per_site": {s: scorer.on_site(m, s) for s, m in models.items()},
+        "subgroups": scorer.subgroups(sorted(set(models.values()))),
+        **({"unseen": {left_out: scorer.on_site(result.global_model, left_out)}} if left_out else {}),
         "curve": learning_curve(result.job_dir, key),
         "cross_site": json.loads(result.cross_site.read_text()) if result.cross_site.is_file() else {},
         "seconds": result.seconds,
@@ -177,27 +212,54 @@ def federated_configs(args: argparse.Namespace) -> dict[str, dict[str, Any]]:
     return configs
 
 
+def run_plan(args: argparse.Namespace, sites: list[str]) -> dict[str, dict[str, Any]]:
+    """Every federated run of a seed: row name -> job options, its sites and the site it leaves out (if any)."""
+    plan = {
+        f"federated {n}": {"options": o, "sites": sites, "left_out": None} for n, o in federated_configs(args).items()
+    }
+    if getattr(args, "leave_one_out", False):  # FedAvg on all sites but one, for each site
+        for site in sites:
+            others = [s for s in sites if s != site]
+            plan[loso_name(site)] = {"options": {}, "sites": others, "left_out": site}
+    return plan
+
+
 def run_seed(args: argparse.Namespace, seed: int, tmp: Path) -> dict[str, dict[str, Any]]:
     """Every row of the report for one seed (with ``--merge``: the federated runs asked for and the initial model)."""
     task, work = args.task, tmp / f"seed{seed}"
     data = by_task(task).write_demo_data(work / "data", seed=seed)
-    job_kwargs = {
-        "min_clients": len(list((data / "site_configs").glob("*.json"))),  # every site, every round
-        "init_seed": seed,  # a seed draws the data and the initial weights, the same for every model of that seed
-    }
+    sites = sorted(site_roots(data))
+    # a seed draws the data and the initial weights, the same for every model of that seed
+    job_kwargs = {**getattr(args, "job_options", {}), "init_seed": seed}
     if args.rounds:
         job_kwargs["num_rounds"] = args.rounds
     with ThreadPoolExecutor(max_workers=args.parallel) as pool:
         futures = {
-            name: pool.submit(run_federated, task, name, opts, data, work / _slug(name), job_kwargs)
-            for name, opts in federated_configs(args).items()
+            # every site of the run in every round
+            name: pool.submit(
+                run_federated,
+                task,
+                name,
+                run["options"],
+                data,
+                work / _slug(name),
+                {**job_kwargs, "min_clients": len(run["sites"])},
+                run["sites"],
+                run["left_out"],
+            )
+            for name, run in run_plan(args, sites).items()
         }
-        results = {f"federated {name}": f.result() for name, f in futures.items()}
-    settings = job_settings(by_task(task).definition().export(work / "plain", **job_kwargs))
+        results = {name: f.result() for name, f in futures.items()}
+    settings = job_settings(by_task(task).definition().export(work / "plain", **job_kwargs, min_clients=len(sites)))
     scorer = Scorer(task, data, settings)
-    if not args.merge:  # with --merge only the federated runs (and the cheap initial model): the rest is in the report
+    # with --merge only the federated runs (and the cheap initial model): the rest is in the report
+    if not args.merge or getattr(args, "rerun_pooled", False):
         results |= pooled_rows(task, data, settings, seed, work, scorer)
-    results["initial model"] = {"held_out": scorer.holdout(None), "per_site": {}}
+    results["initial model"] = {"held_out": scorer.holdout(None), "per_site": {}, "subgroups": scorer.subgroups([None])}
+    results["initial model"]["vendors"] = site_vendors(data, sites)  # each site's scanner, for the report
+    results["initial model"]["group_sizes"] = {
+        vendor: len(json.loads(file.read_text())["testing"]) for vendor, file in scorer.groups.items()
+    }
     return results
 
 
@@ -208,12 +270,21 @@ def pooled_rows(
     sites = sorted(scorer.sites)
     central = train_pooled(task, data, sites, settings, seed, work / "central.pt")
     results = {
-        "centralized": {"held_out": scorer.holdout(central), "per_site": {s: scorer.on_site(central, s) for s in sites}}
+        "centralized": {
+            "held_out": scorer.holdout(central),
+            "per_site": {s: scorer.on_site(central, s) for s in sites},
+            "subgroups": scorer.subgroups([central]),
+        }
     }
     local_models = {s: train_pooled(task, data, [s], settings, seed, work / f"{s}.pt") for s in sites}
     for s, m in local_models.items():
         per_site = {t: scorer.on_site(m, t) for t in sites}
-        results[f"local {s}"] = {"held_out": scorer.holdout(m), "per_site": {s: per_site[s]}, "cross": per_site}
+        results[f"local {s}"] = {
+            "held_out": scorer.holdout(m),
+            "per_site": {s: per_site[s]},
+            "cross": per_site,
+            "subgroups": scorer.subgroups([m]),
+        }
     results["local (each site its own)"] = {
         "held_out": float(np.mean([results[f"local {s}"]["held_out"] for s in sites])),
         "per_site": {s: results[f"local {s}"]["per_site"][s] for s in sites},
@@ -243,6 +314,8 @@ def write_report(args: argparse.Namespace, runs: dict[int, dict[str, dict]], sec
         "",
         *[x for line in _provenance(args, out, seeds, seconds) for x in (line, "")],
         *_results_table(args.task, runs, seeds, names),
+        *loso_section(_key(args.task), runs, seeds),
+        *subgroup_section(_key(args.task), runs, seeds, names),
         *_privacy_section(runs, seeds),
         *_learning_curves(args.task, runs[seeds[0]], seeds[0], names, out),  # seed 0 (or the first seed)
         *_cross_site_maps(args.task, runs[seeds[0]], names, out),
@@ -258,34 +331,46 @@ def _provenance(args: argparse.Namespace, out: Path, seeds: list[int], seconds: 
         f"`oncofl report {getattr(args, 'command_line', '')}` on {time.strftime('%Y-%m-%d')} "
         f"({seconds / 60:.0f} min, CPU: {torch.get_num_threads()} threads; seeds {seeds})."
     )
-    if not args.merge:
+    rerendered = "Tables re-rendered from results.json (nothing rerun) by "
+    if not args.merge and not getattr(args, "rerender", False):
         return [f"Made by {made}"]
     old = (out / "report.md").read_text().splitlines() if (out / "report.md").is_file() else []
+    if getattr(args, "rerender", False):
+        kept = [line for line in old if line.startswith(("Made by", "Rows ")) and not line.startswith(rerendered)]
+        return [*kept, rerendered + made.split(" (")[0] + "."]
     rows = f"Rows {', '.join(args.merged_names)} and the initial model (re)run by "
     # an earlier rerun of the same rows is replaced by this one, not listed beside it
     kept = [line for line in old if line.startswith(("Made by", "Rows ")) and not line.startswith(rows)]
     return [*kept, rows + made]
 
 
+def _key(task: str) -> str:
+    return get_task(task).key_metric.removeprefix("val_")
+
+
 def _results_table(task: str, runs: dict[int, dict[str, dict]], seeds: list[int], names: list[str]) -> list[str]:
-    """One row per model: held-out mean ± sd, ratio to centralized, worst site, then each seed's held-out score."""
-    key = get_task(task).key_metric.removeprefix("val_")
-    central = statistics.mean(runs[s]["centralized"]["held_out"] for s in seeds)
+    """One row per model: held-out mean ± sd and 95 % interval, ratio to centralized, the paired differences to the
+    anchors (centralized, best single site) with their 95 % intervals, worst site, then each seed's held-out score."""
+    key = _key(task)
+    central = [runs[s]["centralized"]["held_out"] for s in seeds if "centralized" in runs[s]]
     lines = [
         f"Held-out {key}: the shared held-out cases, no site trained on them (personalized / local: mean over the "
         "sites' models). Worst site: the lowest score over the sites, each on its own validation split, of the "
-        f"model that site uses. Mean ± sd over {len(seeds)} seeds; ratio = held-out / centralized.",
+        f"model that site uses. Mean ± sd and the 95 % interval of the mean (Student's t) over {len(seeds)} seeds, "
+        "each seed a new data split and initial model; ratio = held-out / centralized; Δ: the paired difference "
+        "per seed to centralized and to the best single-site model of that seed, mean [95 % interval].",
         "",
-        f"| model | held-out {key} | ratio to centralized | worst site | "
-        + " | ".join(f"seed {s}" for s in seeds)
-        + " |",
-        "|---|---|---|---|" + "---|" * len(seeds),
+        f"| model | held-out {key} | 95 % interval | ratio to centralized | Δ vs centralized | Δ vs best single site "
+        "| worst site | " + " | ".join(f"seed {s}" for s in seeds) + " |",
+        "|---|---|---|---|---|---|---|" + "---|" * len(seeds),
     ]
     for name in names:
         held = [runs[s][name]["held_out"] for s in seeds]
         worst = [min(runs[s][name]["per_site"].values()) for s in seeds if runs[s][name]["per_site"]]
+        ratio = f"{statistics.mean(held) / statistics.mean(central):.3f}" if central else "-"
+        interval = fmt_interval(held).split(" ", 1)[1]
         lines.append(
-            f"| {name} | {_mean_sd(held)} | {statistics.mean(held) / central:.3f} | "
+            f"| {name} | {_mean_sd(held)} | {interval} | {ratio} | {' | '.join(anchor_columns(runs, seeds, name))} | "
             f"{_mean_sd(worst) if worst else '-'} | " + " | ".join(f"{v:.4f}" for v in held) + " |"
         )
     return lines
@@ -396,6 +481,17 @@ def _parser() -> argparse.ArgumentParser:
         help='more federated runs, e.g. \'fedavg+percentile={"privacy_filter": "percentile"}\'',
     )
     parser.add_argument("--rounds", type=int, default=0, help="rounds of every job (default: the job's own)")
+    parser.add_argument(
+        "--job-options",
+        type=json.loads,
+        default={},
+        help='options of every job, e.g. the CPU variant: \'{"image_size": 128, "small_network": true}\'',
+    )
+    parser.add_argument(
+        "--leave-one-out",
+        action="store_true",
+        help="also run FedAvg on all sites but one, for each site, and score it on the site it left out",
+    )
     parser.add_argument("--parallel", type=int, default=3, help="simulator runs at once")
     parser.add_argument("--out", default=None, help="report folder (default: docs/evidence/<task>)")
     parser.add_argument("--keep", default=None, help="keep the workspaces here (default: a temporary folder)")
@@ -404,6 +500,14 @@ def _parser() -> argparse.ArgumentParser:
         action="store_true",
         help="run only the federated configurations named here and merge them into --out's results.json "
         "(replacing rows of the same name); centralized and local rows are read from it",
+    )
+    parser.add_argument(
+        "--rerun-pooled",
+        action="store_true",
+        help="with --merge: also rerun the centralized and single-site rows (e.g. to add their subgroup scores)",
+    )
+    parser.add_argument(
+        "--rerender", action="store_true", help="only write report.md again from --out's results.json (no run)"
     )
     return parser
 
@@ -447,6 +551,11 @@ def main(argv: list[str] | None = None) -> int:
     if "fedbn" in args.algorithms and fedbn_refusal(spec.build_network(), spec.local_state):
         print(f"fedbn left out: task {args.task}'s network keeps no normalization state (it would be fedavg)")
         args.algorithms = [a for a in args.algorithms if a != "fedbn"]
+    if args.rerender:
+        results = json.loads((Path(args.out) / "results.json").read_text())
+        report = write_report(args, {int(s): r for s, r in results.items()}, 0.0)
+        print(f"report re-rendered: {report}")
+        return 0
     previous = _previous_results(parser, args)
     started = time.perf_counter()
     runs = _run_seeds(args, previous)
