@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import re
 import shutil
 import statistics
 import sys
@@ -193,12 +194,22 @@ def run_federated(
         "per_site": {s: scorer.on_site(m, s) for s, m in models.items()},
         "subgroups": scorer.subgroups(sorted(set(models.values()))),
         **({"unseen": {left_out: scorer.on_site(result.global_model, left_out)}} if left_out else {}),
+        **({} if options.get("algorithm") in PERSONALIZED else best_selected(result, scorer)),
         "curve": learning_curve(result.job_dir, key),
         "cross_site": json.loads(result.cross_site.read_text()) if result.cross_site.is_file() else {},
         "seconds": result.seconds,
         "server_log": str(result.server_log),
         **extras,
     }
+
+
+def best_selected(result: Any, scorer: Scorer) -> dict[str, Any]:
+    """The global model the job selected by the sites' validation metric (FLARE's model selector): its held-out score
+    and the round it came from, as the server logged it ({} when the run saved none)."""
+    if not result.best_model.is_file():
+        return {}
+    rounds = re.findall(r"new best validation metric at round (\d+)", result.server_log.read_text(errors="replace"))
+    return {"best": {"held_out": scorer.holdout(result.best_model), "round": int(rounds[-1]) if rounds else None}}
 
 
 def federated_configs(args: argparse.Namespace) -> dict[str, dict[str, Any]]:
@@ -314,6 +325,7 @@ def write_report(args: argparse.Namespace, runs: dict[int, dict[str, dict]], sec
         "",
         *[x for line in _provenance(args, out, seeds, seconds) for x in (line, "")],
         *_results_table(args.task, runs, seeds, names),
+        *_selection_section(_key(args.task), runs, seeds, names),
         *loso_section(_key(args.task), runs, seeds),
         *subgroup_section(_key(args.task), runs, seeds, names),
         *_privacy_section(runs, seeds),
@@ -373,6 +385,31 @@ def _results_table(task: str, runs: dict[int, dict[str, dict]], seeds: list[int]
             f"| {name} | {_mean_sd(held)} | {interval} | {ratio} | {' | '.join(anchor_columns(runs, seeds, name))} | "
             f"{_mean_sd(worst) if worst else '-'} | " + " | ".join(f"{v:.4f}" for v in held) + " |"
         )
+    return lines
+
+
+def _selection_section(key: str, runs: dict[int, dict[str, dict]], seeds: list[int], names: list[str]) -> list[str]:
+    """Per federated run: the final global model next to the one the job selected by the sites' validation metric
+    (nothing when no row recorded a selection)."""
+    shown = [n for n in names if all("best" in runs[s].get(n, {}) for s in seeds)]
+    if not shown:
+        return []
+    lines = [
+        "",
+        "## The last round's model and the model selected by validation",
+        "",
+        f"The job hands out two global models: the last round's and the best by the sites' validation {key} (FLARE's "
+        "model selector, over the sites whose updates were aggregated). Held-out mean ± sd over the seeds; the round "
+        "each seed's selection came from.",
+        "",
+        f"| model | final: held-out {key} | selected: held-out {key} | selected at round (per seed) |",
+        "|---|---|---|---|",
+    ]
+    for name in shown:
+        final = [runs[s][name]["held_out"] for s in seeds]
+        best = [runs[s][name]["best"]["held_out"] for s in seeds]
+        rounds = ", ".join(str(runs[s][name]["best"]["round"]) for s in seeds)
+        lines.append(f"| {name} | {_mean_sd(final)} | {_mean_sd(best)} | {rounds} |")
     return lines
 
 

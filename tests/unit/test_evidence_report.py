@@ -92,6 +92,7 @@ def _unseen_runs() -> dict[int, dict[str, dict]]:
             "federated fedavg": {
                 **_row(0.90 + d, {"site-1": 0.91 + d, "site-2": 0.80 + d}),
                 "subgroups": groups(0.95, 0.70),
+                "best": {"held_out": 0.80 - d, "round": 3 + seed},
             },
             loso_name("site-1"): {
                 **_row(0.85 + d, {"site-2": 0.79 + d}),
@@ -140,3 +141,6 @@ def test_leave_one_site_out_and_subgroup_sections(tmp_path):
         "| federated fedavg | 0.9050 ± 0.0071 | [0.8415, 0.9685] | 0.978 | -0.020 [-0.020, -0.020] | "
         "0.100 [0.100, 0.100] |" in report
     )
+    # the last round's global model next to the one the job selected by validation, and each seed's selection round
+    assert "| federated fedavg | 0.9050 ± 0.0071 | 0.7950 ± 0.0071 | 3, 4 |" in report
+    assert "## The last round's model" not in write_report(_args(tmp_path, False), _runs((0.9, 0.9)), 1).read_text()
