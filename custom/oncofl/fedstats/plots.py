@@ -113,6 +113,7 @@ def _save(fig, path: Path) -> Path:
     fig.tight_layout()
     fig.savefig(path, dpi=90)
     plt.close(fig)
+    path.chmod(0o600)  # as FLARE's writer keeps the JSON next to it
     return path
 
 
