@@ -1,6 +1,7 @@
 """``oncofl``: one command for what users do. ``oncofl <command> --help`` for each command's options.
 
 oncofl simulate [--job prostate_mri_seg] [--data DIR]   run a job in the FLARE simulator on local data
+oncofl stats --task prostate_seg [--data DIR] [--out DIR]  federated statistics: how different are the sites?
 oncofl model-card --job-dir DIR [--out FILE]            the model card of a finished run (from its records)
 oncofl job export <job> [--out jobs] [options]          write a job folder (settings only)
 oncofl make-data <prostate|mammo|lung|wdbc> --out DIR   synthetic (or scikit-learn) data for 3 sites
@@ -28,6 +29,7 @@ from .catalog import JOBS, by_data_kind, by_job
 # commands run by a module's main(argv), imported only when the command runs; the others are below (LOCAL)
 MODULES = {
     "simulate": "oncofl.simulate",
+    "stats": "oncofl.fedstats.run",
     "model-card": "oncofl.model_card",
     "report": "oncofl.report",
     "predict": "oncofl.predict",
@@ -40,12 +42,18 @@ MODULES = {
 
 
 def job_main(argv: list[str]) -> int:
-    names = [job.name for job in JOBS]
+    from .fedstats.job import STATS_JOBS
+    from .fedstats.job import main as stats_job_main
+
+    names = [job.name for job in JOBS] + list(STATS_JOBS.values())  # training jobs, then the statistics jobs
     if len(argv) < 2 or argv[0] != "export" or argv[1] not in (*names, "all"):
         print(f"usage: oncofl job export <{'|'.join(names)}|all> [--out DIR] [options; --help]", file=sys.stderr)
         return 2
     for name in names if argv[1] == "all" else [argv[1]]:  # all: every job with its defaults (after a change)
-        by_job(name).definition().main(argv[2:])
+        if name in STATS_JOBS.values():
+            stats_job_main([name, *argv[2:]])
+        else:
+            by_job(name).definition().main(argv[2:])
     return 0
 
 

@@ -87,7 +87,7 @@ def _unseen_runs() -> dict[int, dict[str, dict]]:
     runs = {}
     for seed in (0, 1):
         d = 0.01 * seed
-        groups = lambda siemens, ge: {"SIEMENS": siemens + d, "GE": ge + d}  # noqa: E731
+        groups = lambda siemens, ge, d=d: {"SIEMENS": siemens + d, "GE": ge + d}  # noqa: E731
         runs[seed] = {
             "federated fedavg": {
                 **_row(0.90 + d, {"site-1": 0.91 + d, "site-2": 0.80 + d}),

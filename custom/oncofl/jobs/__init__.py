@@ -24,6 +24,7 @@ JOB_COMPONENTS = (
     "oncofl.server.",
     "oncofl.tasks.",
     "oncofl.he.HECrossSiteModelEvalFixed",
+    "oncofl.fedstats.",  # the federated statistics jobs (statistics, cleanser, filter, controller, writer)
     "nvflare.app_opt.pt.file_model_persistor.PTFileModelPersistor",
     "nvflare.app_common.workflows.scatter_and_gather_scaffold.ScatterAndGatherScaffold",
     "torch.optim.Adam",  # FedOpt's server optimizer

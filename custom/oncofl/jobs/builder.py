@@ -420,12 +420,15 @@ def _add_he_server(job: FedJob) -> None:
     job.to_server(aggregator, id="aggregator")
 
 
-def export(job: FedJob, out_dir: str | Path, *, ship_code: bool = False) -> Path:
+def export(
+    job: FedJob, out_dir: str | Path, *, ship_code: bool = False, guarded_tasks: tuple[str, ...] = CLIENT_TASKS
+) -> Path:
     """Write ``<out_dir>/<job name>/`` (meta.json and the two app configs: settings only) and return it.
 
     ``ship_code`` (research mode, off by default): also copy the package into ``app/custom/oncofl``, so the sites run
     the job's code instead of their installed, reviewed oncofl -- including its privacy guards. Provisioned sites
-    refuse such a job unless the consortium grants the submitter the ``byoc`` right (docs/security.md)."""
+    refuse such a job unless the consortium grants the submitter the ``byoc`` right (docs/security.md).
+    ``guarded_tasks``: the client tasks whose results must pass the PHI gate (default: the training executor's)."""
     out_dir = Path(out_dir)
     job_dir = out_dir / job.name
     if job_dir.exists():
@@ -447,7 +450,7 @@ def export(job: FedJob, out_dir: str | Path, *, ship_code: bool = False) -> Path
     for chain in client.get("task_result_filters", []) + client.get("task_data_filters", []):
         chain["tasks"] = sorted(chain.get("tasks", []))  # FedJob keeps them in a set: one order in every export
     try:
-        _check_client_filters(client)
+        _check_client_filters(client, guarded_tasks)
     except RuntimeError:
         shutil.rmtree(job_dir)  # no job folder is left behind that would send results past the gate
         raise
@@ -461,7 +464,7 @@ def export(job: FedJob, out_dir: str | Path, *, ship_code: bool = False) -> Path
     return job_dir
 
 
-def _check_client_filters(config: dict) -> None:
+def _check_client_filters(config: dict, tasks: tuple[str, ...] = CLIENT_TASKS) -> None:
     """Refuse a client config whose sites would send any result past the PHI gate: FLARE matches filter chains by
     exact task name, so a chain for ``*`` (or a task left out) silently never runs."""
     for chain in config.get("task_result_filters", []) + config.get("task_data_filters", []):
@@ -471,7 +474,7 @@ def _check_client_filters(config: dict) -> None:
     for chain in config.get("task_result_filters", []):
         if any(f.get("path") == f"{PHIGuardFilter.__module__}.PHIGuardFilter" for f in chain.get("filters", [])):
             guarded |= set(chain.get("tasks", []))
-    missing = sorted(set(CLIENT_TASKS) - guarded)
+    missing = sorted(set(tasks) - guarded)
     if missing:
         raise RuntimeError(f"task result(s) {missing} would leave the sites without PHIGuardFilter")
 
