@@ -46,6 +46,7 @@ from .report_unseen import (
     fmt_interval,
     loso_name,
     loso_section,
+    mean_sd,
     site_vendors,
     subgroup_datalists,
     subgroup_section,
@@ -102,15 +103,12 @@ class Scorer:
             **self.kwargs,
         )
 
-    def subgroups(self, checkpoints: list[Path]) -> dict[str, float]:
+    def subgroups(self, checkpoints: list[Path | None]) -> dict[str, float]:
         """Per vendor: the metric on the held-out cases of that vendor (several checkpoints: their mean)."""
-        scores = {}
-        for vendor, datalist in self.groups.items():
-            try:
-                scores[vendor] = float(np.mean([self.holdout(c, datalist) for c in checkpoints]))
-            except Exception:  # e.g. one class only in this group: no AUC; the report shows '-'
-                scores[vendor] = float("nan")
-        return scores
+        return {
+            vendor: float(np.mean([self.holdout(c, datalist) for c in checkpoints]))
+            for vendor, datalist in self.groups.items()
+        }
 
     def on_site(self, checkpoint: Path, site: str) -> float:
         cache = self.data / "cache" / f"{site}_validation"
@@ -261,7 +259,8 @@ def run_seed(args: argparse.Namespace, seed: int, tmp: Path) -> dict[str, dict[s
             for name, run in run_plan(args, sites).items()
         }
         results = {name: f.result() for name, f in futures.items()}
-    settings = job_settings(by_task(task).definition().export(work / "plain", **job_kwargs, min_clients=len(sites)))
+    plain = by_task(task).definition().export(work / "plain", **{**job_kwargs, "min_clients": len(sites)})
+    settings = job_settings(plain)
     scorer = Scorer(task, data, settings)
     # with --merge only the federated runs (and the cheap initial model): the rest is in the report
     if not args.merge or getattr(args, "rerun_pooled", False):
@@ -308,11 +307,6 @@ def _slug(name: str) -> str:
     return "".join(c if c.isalnum() or c in "-_." else "_" for c in name)
 
 
-def _mean_sd(values: list[float]) -> str:
-    sd = statistics.stdev(values) if len(values) > 1 else 0.0
-    return f"{statistics.mean(values):.4f} ± {sd:.4f}"
-
-
 def write_report(args: argparse.Namespace, runs: dict[int, dict[str, dict]], seconds: float) -> Path:
     """Write ``results.json``, ``report.md`` and its plots into ``args.out``; returns the report's path."""
     out = Path(args.out)
@@ -357,6 +351,7 @@ def _provenance(args: argparse.Namespace, out: Path, seeds: list[int], seconds: 
 
 
 def _key(task: str) -> str:
+    """The task's key metric as the report names it (``dice``, ``auc``, ``accuracy``)."""
     return get_task(task).key_metric.removeprefix("val_")
 
 
@@ -382,8 +377,8 @@ def _results_table(task: str, runs: dict[int, dict[str, dict]], seeds: list[int]
         ratio = f"{statistics.mean(held) / statistics.mean(central):.3f}" if central else "-"
         interval = fmt_interval(held).split(" ", 1)[1]
         lines.append(
-            f"| {name} | {_mean_sd(held)} | {interval} | {ratio} | {' | '.join(anchor_columns(runs, seeds, name))} | "
-            f"{_mean_sd(worst) if worst else '-'} | " + " | ".join(f"{v:.4f}" for v in held) + " |"
+            f"| {name} | {mean_sd(held)} | {interval} | {ratio} | {' | '.join(anchor_columns(runs, seeds, name))} | "
+            f"{mean_sd(worst) if worst else '-'} | " + " | ".join(f"{v:.4f}" for v in held) + " |"
         )
     return lines
 
@@ -409,7 +404,7 @@ def _selection_section(key: str, runs: dict[int, dict[str, dict]], seeds: list[i
         final = [runs[s][name]["held_out"] for s in seeds]
         best = [runs[s][name]["best"]["held_out"] for s in seeds]
         rounds = ", ".join(str(runs[s][name]["best"]["round"]) for s in seeds)
-        lines.append(f"| {name} | {_mean_sd(final)} | {_mean_sd(best)} | {rounds} |")
+        lines.append(f"| {name} | {mean_sd(final)} | {mean_sd(best)} | {rounds} |")
     return lines
 
 

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import json
 import math
-import re
+import os
 import statistics
 from pathlib import Path
 from typing import Any
@@ -29,20 +29,24 @@ LOSO_PREFIX = "federated fedavg without "  # + the left-out site: a leave-one-si
 
 
 def loso_name(site: str) -> str:
+    """The report row of FedAvg on every site but ``site``."""
     return f"{LOSO_PREFIX}{site}"
 
 
 def interval95(values: list[float]) -> tuple[float, float, float]:
-    """Mean and the 95 % t-interval of the mean of ``values`` (a single value: its own interval)."""
+    """Mean and the 95 % t-interval of the mean of ``values`` (one value: no interval, NaN bounds)."""
     mean = statistics.mean(values)
     if len(values) < 2:
-        return mean, mean, mean
+        return mean, math.nan, math.nan
     half = scipy_stats.t.ppf(0.975, len(values) - 1) * statistics.stdev(values) / math.sqrt(len(values))
     return mean, mean - half, mean + half
 
 
 def fmt_interval(values: list[float], digits: int = 4) -> str:
+    """``mean [low, high]``, the 95 % interval of the mean (``mean [-]`` for a single value)."""
     mean, low, high = interval95(values)
+    if math.isnan(low):
+        return f"{mean:.{digits}f} [-]"
     return f"{mean:.{digits}f} [{low:.{digits}f}, {high:.{digits}f}]"
 
 
@@ -59,17 +63,27 @@ def _first_dicom(path: Path) -> Path | None:
 
 
 def vendor_of(path: Path) -> str:
-    """The ``Manufacturer`` of an image or series (``unknown`` where it is not DICOM or the header is empty)."""
+    """The scanner vendor of an image or series: its ``Manufacturer`` mapped to the statistics job's fixed vendor
+    names (``GE MEDICAL SYSTEMS`` and ``GE Healthcare`` are both ``ge``); ``unknown`` where it is not DICOM."""
+    from .fedstats.vocabulary import vendor_slug
+
     file = _first_dicom(path) if path.exists() else None
     if file is None:
         return UNKNOWN
     name = pydicom.dcmread(file, stop_before_pixels=True, specific_tags=["Manufacturer"]).get("Manufacturer", "")
-    return str(name or "").strip() or UNKNOWN
+    return vendor_slug(str(name or "").strip())
+
+
+def _one_class(cases: list[dict[str, Any]]) -> bool:
+    """Classification cases (integer labels) of one class only: no AUC can be computed on them."""
+    labels = [c.get("label") for c in cases]
+    return all(isinstance(v, int) for v in labels) and len(set(labels)) < 2
 
 
 def subgroup_datalists(holdout: Path, out: Path) -> dict[str, Path]:
     """The held-out datalist split by vendor: ``{vendor: datalist file}`` under ``out`` (paths stay relative to
-    ``holdout``). Nothing when no case is DICOM or the cases come from one vendor only (no subgroups to compare)."""
+    ``holdout``). Nothing when no case is DICOM or the cases come from one vendor only (no subgroups to compare); a
+    classification group of one class only is left out (its AUC would be meaningless)."""
     entries = json.loads((holdout / "datalist.json").read_text())["testing"]
     groups: dict[str, list[dict[str, Any]]] = {}
     for entry in entries:
@@ -79,8 +93,12 @@ def subgroup_datalists(holdout: Path, out: Path) -> dict[str, Path]:
     out.mkdir(parents=True, exist_ok=True)
     files = {}
     for vendor, cases in sorted(groups.items()):
-        files[vendor] = out / f"{re.sub(r'[^A-Za-z0-9]+', '_', vendor)}.json"
-        files[vendor].write_text(json.dumps({"testing": cases}, indent=1) + "\n")
+        if _one_class(cases):
+            continue
+        files[vendor] = out / f"{vendor}.json"  # vendor: a fixed slug (letters, digits, _)
+        tmp = files[vendor].with_suffix(f".{os.getpid()}.tmp")  # runs side by side read these: replace, never half
+        tmp.write_text(json.dumps({"testing": cases}, indent=1) + "\n")
+        os.replace(tmp, files[vendor])
     return files
 
 
@@ -169,6 +187,7 @@ def loso_section(key: str, runs: dict[int, dict[str, dict]], seeds: list[int]) -
 
 
 def _cell(values: list[float], digits: int = 4) -> str:
+    """A table cell: ``mean [95 % interval]``, or ``-`` without values."""
     return fmt_interval(values, digits) if values else "-"
 
 
@@ -202,12 +221,13 @@ def subgroup_section(key: str, runs: dict[int, dict[str, dict]], seeds: list[int
         "|---|" + "---|" * len(vendors),
     ]
     for name in shown:
-        cells = [_mean_sd(_row_values(runs, seeds, name, _group_pick(v))) for v in vendors]
+        cells = [mean_sd(_row_values(runs, seeds, name, _group_pick(v))) for v in vendors]
         lines.append(f"| {name} | " + " | ".join(cells) + " |")
     return lines + ["", *worse_than_best_site(runs, seeds, shown, vendors)]
 
 
-def _mean_sd(values: list[float]) -> str:
+def mean_sd(values: list[float]) -> str:
+    """``mean ± sd`` (sd 0 for one value; ``-`` for none)."""
     if not values:
         return "-"
     return f"{statistics.mean(values):.4f} ± {statistics.stdev(values) if len(values) > 1 else 0.0:.4f}"
@@ -215,7 +235,8 @@ def _mean_sd(values: list[float]) -> str:
 
 def worse_than_best_site(runs: dict[int, dict[str, dict]], seeds: list[int], names: list[str], vendors: list[str]):
     """Sentences naming each (federated model, vendor) where the model's mean is below the best single-site model's
-    mean on that vendor's held-out cases, with the paired difference's 95 % interval."""
+    mean on that vendor's held-out cases, with the paired difference's 95 % interval: "worse" where the whole interval
+    is below 0, else "lower". (The best single site is picked on these same cases, which favours it.)"""
     lines = []
     locals_ = [n for n in names if n.startswith("local site")]
     for vendor in vendors:
@@ -228,8 +249,10 @@ def worse_than_best_site(runs: dict[int, dict[str, dict]], seeds: list[int], nam
             values = _row_values(runs, seeds, name, pick)
             if values and statistics.mean(values) < means[best]:
                 diff = _paired(runs, seeds, name, _row_anchor(best, pick), pick)
+                high = interval95(diff)[2] if diff else math.nan
+                verdict = "worse" if high < 0 else "lower (the interval includes no difference)"
                 lines.append(
-                    f"- **{name} is worse on {vendor}** than the best single-site model there, {best}: "
+                    f"- **{name} is {verdict} on {vendor}** than the best single-site model there, {best}: "
                     f"{statistics.mean(values):.4f} vs {means[best]:.4f}, difference {_cell(diff, 3)} (95 %)."
                 )
     if not lines and locals_:

@@ -52,6 +52,11 @@ def runs(tmp_path_factory):
             )
             for name, opts in CONFIGS.items()
         }
+        # leave one site out (the evidence report's unseen-hospital rows): FedAvg on site-1 and site-2 only
+        futures["without site-3"] = pool.submit(
+            run_federated, "breast_wdbc", "without site-3", {}, data, root / "loso", {**JOB, "min_clients": 2},
+            ["site-1", "site-2"], "site-3",
+        )  # fmt: skip
         results = {name: f.result() for name, f in futures.items()}
     settings = job_settings(next((root / "fedprox" / "jobs").iterdir()))
     results["initial"] = Scorer("breast_wdbc", data, settings).holdout(None)
@@ -149,3 +154,15 @@ def test_a_site_sending_nan_and_100x_updates_cannot_wreck_the_global_model(runs)
     assert [r["contributed"] for r in ledger["rounds"]] == [["site-1", "site-2"]] * ROUNDS
     assert ledger["excluded"] == ["site-3"] and ledger["dropped"] == []
     assert result["held_out"] >= MIN_ACCURACY
+
+
+def test_leave_one_site_out_trains_without_the_site_and_scores_it_as_unseen(runs):
+    result = runs["without site-3"]
+    # site-3 took no part: no round had it, its workspace was never made, its validation split is the unseen score
+    assert all(r["contributed"] == ["site-1", "site-2"] for r in result["participation.json"]["rounds"])
+    assert not (Path(result["server_log"]).parent.parent / "site-3").exists()
+    assert set(result["per_site"]) == {"site-1", "site-2"} and set(result["unseen"]) == {"site-3"}
+    assert result["held_out"] >= MIN_ACCURACY and result["unseen"]["site-3"] >= 0.85
+    # the model the job selected by the sites' validation accuracy is scored too, with the round it came from
+    assert 0 <= result["best"]["round"] < ROUNDS and result["best"]["held_out"] >= MIN_ACCURACY
+    assert result["subgroups"] == {}  # tabular data: no scanner vendors to group by
