@@ -31,6 +31,7 @@ from oncofl.deploy.site import (
     configure,
     preflight,
 )
+from oncofl.fedstats.privacy import SiteStatisticsPrivacyFilter
 from oncofl.privacy import PHIGuardFilter, SiteUpdateGuard
 from tests.conftest import REPO
 
@@ -192,7 +193,11 @@ def test_flare_builds_the_site_privacy_scope_with_our_guard(provisioned):
     scope = manager.get_scope("")  # a job that names no scope gets the default one
     assert scope.name == "oncofl"
     assert [type(f) for f in scope.task_data_filters[FilterKey.IN]] == [SiteUpdateGuard]
-    assert [type(f) for f in scope.task_result_filters[FilterKey.OUT]] == [SiteUpdateGuard, PHIGuardFilter]
+    assert [type(f) for f in scope.task_result_filters[FilterKey.OUT]] == [
+        SiteUpdateGuard,
+        SiteStatisticsPrivacyFilter,
+        PHIGuardFilter,
+    ]
     assert manager.get_scope("research_unfiltered") is None  # FLARE refuses to deploy a job naming it
     # the unbounded HE scope exists only in kits with an HE context: here a job naming it is refused
     assert manager.get_scope("oncofl-he") is None
@@ -359,11 +364,17 @@ def test_preflight_fails_a_privacy_policy_without_the_phi_filter_or_a_finite_bou
         for f in scopes[0]["task_data_filters"] + scopes[0]["task_result_filters"]:
             f.get("args", {}).pop("max_update_norm", None)
 
+    def drop_stats(scopes):
+        scopes[0]["task_result_filters"] = [f for f in scopes[0]["task_result_filters"] if "fedstats" not in f["path"]]
+
     def infinite(scopes):
         scopes[0]["task_result_filters"][0]["args"]["max_update_norm"] = float("inf")
 
     assert _policy_without(local, drop_phi) == [
         "the scope 'oncofl' lacks oncofl.privacy.PHIGuardFilter in task_result_filters"
+    ]
+    assert _policy_without(local, drop_stats) == [
+        "the scope 'oncofl' lacks oncofl.fedstats.privacy.SiteStatisticsPrivacyFilter with a min_count of at least 1"
     ]
     assert any("'oncofl' does not bound the update norm" in p for p in _policy_without(local, unbounded))
     assert _policy_without(local, infinite) == [
