@@ -23,6 +23,7 @@ from oncofl.deploy.builders import TEMPLATES, site_privacy
 from oncofl.deploy.provision import PROJECT_FILE, Consortium, rehearsal_project
 from oncofl.deploy.site import (
     GUARD,
+    STATS_FILTER,
     SetupError,
     check_gpus,
     check_identity,
@@ -208,7 +209,7 @@ def test_only_an_he_kit_gets_the_scope_without_an_update_bound():
     he_policy = site_privacy(he=True)
     he_scope = next(s for s in he_policy["scopes"] if s["name"] == "oncofl-he")
     guards = [f for chain in ("task_data_filters", "task_result_filters") for f in he_scope[chain]]
-    assert [f["path"] for f in guards] == [GUARD, GUARD, "oncofl.privacy.PHIGuardFilter"]
+    assert [f["path"] for f in guards] == [GUARD, GUARD, STATS_FILTER, "oncofl.privacy.PHIGuardFilter"]
     assert all(f["args"].get("max_update_norm") is None for f in guards if f["path"] == GUARD)
     assert [s["name"] for s in site_privacy(he=False)["scopes"]] == ["oncofl"]
 
@@ -546,7 +547,7 @@ def test_site_template_scope_lists_the_guard_in_both_chains():
     policy = json.loads((TEMPLATES / "privacy.json").read_text())
     default = next(s for s in policy["scopes"] if s["name"] == policy["default_scope"])
     assert any(f["path"] == GUARD for f in default["task_data_filters"])
-    assert [f["path"] for f in default["task_result_filters"]] == [GUARD, "oncofl.privacy.PHIGuardFilter"]
+    assert [f["path"] for f in default["task_result_filters"]] == [GUARD, STATS_FILTER, "oncofl.privacy.PHIGuardFilter"]
 
 
 def test_the_lead_is_shown_the_fingerprint_and_a_site_cannot_configure_without_it(provisioned, capsys, tmp_path):
