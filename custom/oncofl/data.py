@@ -122,6 +122,38 @@ def parse_datalist(
     return result, problems
 
 
+def parse_datalist_lenient(
+    config: SiteConfig, splits: tuple[str, ...] = SPLITS
+) -> tuple[dict[str, list[CaseRef]], list[SiteDataError], list[str]]:
+    """As :func:`parse_datalist`, for reports over whatever is usable (the statistics): an absent or empty split is
+    simply empty, and a malformed entry is skipped, not a stop.
+
+    Args:
+        config: this site's validated config.
+        splits: the datalist's splits to read.
+
+    Returns:
+        the usable entries per split, one error per entry with a missing file (its ``item`` set), and the split of
+        every malformed entry (its error in the site's log).
+    """
+    raw = _load_json(config)
+    result: dict[str, list[CaseRef]] = {split: [] for split in splits}
+    problems: list[SiteDataError] = []
+    malformed: list[str] = []
+    for split in splits:
+        entries = raw.get(split)
+        for i, entry in enumerate(entries if isinstance(entries, list) else []):
+            try:
+                ref, errors = _case_ref(config, split, i, entry, None)
+            except SiteDataError as e:
+                logger.warning("skipping a datalist entry: %s", e.local_message())
+                malformed.append(split)
+                continue
+            result[split].append(ref)
+            problems += errors
+    return result, problems, malformed
+
+
 def _case_ref(
     config: SiteConfig, split: str, index: int, entry: object, label_kind: str | None
 ) -> tuple[CaseRef, list[SiteDataError]]:

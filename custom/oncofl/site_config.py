@@ -18,14 +18,17 @@ Example::
       "on_unreadable_case": "fail",
       "max_decoded_image_mb": 1024,
       "allow_paths_outside_data_root": false,
-      "converted_root": "/data/oncofl_sites/converted"
+      "converted_root": "/data/oncofl_sites/converted",
+      "stats_min_count": 5
     }
 
 ``max_decoded_image_mb`` caps the pixel data one image (a file or a whole series) may declare before it is decoded;
 ``allow_paths_outside_data_root`` lets datalist paths (absolute, ``..``, symlinks) resolve outside ``data_root``;
 ``converted_root`` (optional) names one more folder datalist paths may resolve in: where ``oncofl datasets prepare``
 wrote the files it had to convert (a public dataset's download stays ``data_root``, read in place). Any other path
-outside ``data_root`` is still refused.
+outside ``data_root`` is still refused. ``stats_min_count`` (default 5, at least 1) is this site's floor for the
+federated statistics: no group, class or remainder with fewer images or cases leaves the site, whatever minimum a job
+asks for (the job's own minimum applies when it is higher).
 
 The file is parsed as JSON and validated field by field; it is never executed.
 """
@@ -44,6 +47,9 @@ ENV_VAR = "ONCOFL_SITE_CONFIG"
 LOCAL_FILE_NAME = "oncofl_site.json"
 UNREADABLE_POLICIES = ("fail", "skip")
 DEFAULT_MAX_DECODED_IMAGE_MB = 1024
+# the site's floor for the federated statistics' minimum count: 5 is the smallest cell size health-statistics
+# disclosure rules commonly publish (many use 5-10); a site may raise it, no job can lower it
+DEFAULT_STATS_MIN_COUNT = 5
 
 
 @dataclass(frozen=True)
@@ -61,6 +67,7 @@ class SiteConfig:
     max_decoded_image_mb: int = DEFAULT_MAX_DECODED_IMAGE_MB  # declared pixel size one image may have before decoding
     allow_paths_outside_data_root: bool = False  # datalist paths must resolve inside data_root unless this is set
     converted_root: Path | None = None  # one more folder datalist paths may resolve in (a dataset's conversions)
+    stats_min_count: int = DEFAULT_STATS_MIN_COUNT  # the federated statistics' minimum count at this site (floor)
     source: Path | None = None
 
     def sensitive_strings(self) -> list[str]:
@@ -202,6 +209,7 @@ def _options(raw: dict, problems: list[str], details: list[str]) -> dict:
         "max_decoded_image_mb": _int_field(
             raw, "max_decoded_image_mb", DEFAULT_MAX_DECODED_IMAGE_MB, 1, 1 << 20, problems
         ),
+        "stats_min_count": _int_field(raw, "stats_min_count", DEFAULT_STATS_MIN_COUNT, 1, 1_000_000, problems),
         "allow_paths_outside_data_root": outside,
         "on_unreadable_case": policy,
     }

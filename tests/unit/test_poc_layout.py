@@ -11,6 +11,7 @@ from nvflare.private.fed.app.fl_conf import create_privacy_manager
 from oncofl.deploy.builders import site_privacy
 from oncofl.deploy.poc import LEAD, ORG_ADMIN, PROJECT_ADMIN, PROJECT_FILE, SERVER, SITES, Poc
 from oncofl.deploy.site import check_privacy
+from oncofl.fedstats.privacy import SiteStatisticsPrivacyFilter
 from oncofl.privacy import PHIGuardFilter, SiteUpdateGuard
 from oncofl.site_config import load_site_config
 
@@ -48,7 +49,11 @@ def test_prepare_writes_kits_site_configs_and_gpu_binding(tmp_path, synthetic_da
         assert check_privacy(poc.kit(site) / "local") == []
         scope = create_privacy_manager(Workspace(str(poc.kit(site)), site), names_only=False).get_scope("")
         assert [type(f) for f in scope.task_data_filters[FilterKey.IN]] == [SiteUpdateGuard]
-        assert [type(f) for f in scope.task_result_filters[FilterKey.OUT]] == [SiteUpdateGuard, PHIGuardFilter]
+        assert [type(f) for f in scope.task_result_filters[FilterKey.OUT]] == [
+            SiteUpdateGuard,
+            SiteStatisticsPrivacyFilter,
+            PHIGuardFilter,
+        ]
     assert (poc.root / ".gitignore").read_text().splitlines()[-1] == "*"  # keys and kits: never committed
     keys = list(poc.flare_ws.rglob("*.key"))
     assert keys and {oct(k.stat().st_mode & 0o777) for k in keys} == {"0o600"}

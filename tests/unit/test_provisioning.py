@@ -23,6 +23,7 @@ from oncofl.deploy.builders import TEMPLATES, site_privacy
 from oncofl.deploy.provision import PROJECT_FILE, Consortium, rehearsal_project
 from oncofl.deploy.site import (
     GUARD,
+    STATS_FILTER,
     SetupError,
     check_gpus,
     check_identity,
@@ -31,6 +32,7 @@ from oncofl.deploy.site import (
     configure,
     preflight,
 )
+from oncofl.fedstats.privacy import SiteStatisticsPrivacyFilter
 from oncofl.privacy import PHIGuardFilter, SiteUpdateGuard
 from tests.conftest import REPO
 
@@ -192,7 +194,11 @@ def test_flare_builds_the_site_privacy_scope_with_our_guard(provisioned):
     scope = manager.get_scope("")  # a job that names no scope gets the default one
     assert scope.name == "oncofl"
     assert [type(f) for f in scope.task_data_filters[FilterKey.IN]] == [SiteUpdateGuard]
-    assert [type(f) for f in scope.task_result_filters[FilterKey.OUT]] == [SiteUpdateGuard, PHIGuardFilter]
+    assert [type(f) for f in scope.task_result_filters[FilterKey.OUT]] == [
+        SiteUpdateGuard,
+        SiteStatisticsPrivacyFilter,
+        PHIGuardFilter,
+    ]
     assert manager.get_scope("research_unfiltered") is None  # FLARE refuses to deploy a job naming it
     # the unbounded HE scope exists only in kits with an HE context: here a job naming it is refused
     assert manager.get_scope("oncofl-he") is None
@@ -203,7 +209,7 @@ def test_only_an_he_kit_gets_the_scope_without_an_update_bound():
     he_policy = site_privacy(he=True)
     he_scope = next(s for s in he_policy["scopes"] if s["name"] == "oncofl-he")
     guards = [f for chain in ("task_data_filters", "task_result_filters") for f in he_scope[chain]]
-    assert [f["path"] for f in guards] == [GUARD, GUARD, "oncofl.privacy.PHIGuardFilter"]
+    assert [f["path"] for f in guards] == [GUARD, GUARD, STATS_FILTER, "oncofl.privacy.PHIGuardFilter"]
     assert all(f["args"].get("max_update_norm") is None for f in guards if f["path"] == GUARD)
     assert [s["name"] for s in site_privacy(he=False)["scopes"]] == ["oncofl"]
 
@@ -359,11 +365,17 @@ def test_preflight_fails_a_privacy_policy_without_the_phi_filter_or_a_finite_bou
         for f in scopes[0]["task_data_filters"] + scopes[0]["task_result_filters"]:
             f.get("args", {}).pop("max_update_norm", None)
 
+    def drop_stats(scopes):
+        scopes[0]["task_result_filters"] = [f for f in scopes[0]["task_result_filters"] if "fedstats" not in f["path"]]
+
     def infinite(scopes):
         scopes[0]["task_result_filters"][0]["args"]["max_update_norm"] = float("inf")
 
     assert _policy_without(local, drop_phi) == [
         "the scope 'oncofl' lacks oncofl.privacy.PHIGuardFilter in task_result_filters"
+    ]
+    assert _policy_without(local, drop_stats) == [
+        "the scope 'oncofl' lacks oncofl.fedstats.privacy.SiteStatisticsPrivacyFilter with a min_count of at least 1"
     ]
     assert any("'oncofl' does not bound the update norm" in p for p in _policy_without(local, unbounded))
     assert _policy_without(local, infinite) == [
@@ -535,7 +547,7 @@ def test_site_template_scope_lists_the_guard_in_both_chains():
     policy = json.loads((TEMPLATES / "privacy.json").read_text())
     default = next(s for s in policy["scopes"] if s["name"] == policy["default_scope"])
     assert any(f["path"] == GUARD for f in default["task_data_filters"])
-    assert [f["path"] for f in default["task_result_filters"]] == [GUARD, "oncofl.privacy.PHIGuardFilter"]
+    assert [f["path"] for f in default["task_result_filters"]] == [GUARD, STATS_FILTER, "oncofl.privacy.PHIGuardFilter"]
 
 
 def test_the_lead_is_shown_the_fingerprint_and_a_site_cannot_configure_without_it(provisioned, capsys, tmp_path):

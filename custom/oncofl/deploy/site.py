@@ -44,6 +44,7 @@ from . import kit_install
 SIGNATURE_FILE = "signature.json"
 GUARD = "oncofl.privacy.SiteUpdateGuard"
 PHI_FILTER = "oncofl.privacy.PHIGuardFilter"
+STATS_FILTER = "oncofl.fedstats.privacy.SiteStatisticsPrivacyFilter"  # the site's floor for federated statistics
 CA_PIN = "consortium_ca.json"  # local/: the root CA fingerprint the site's IT was given out of band
 HE_CONTEXT = "client_context.tenseal"
 
@@ -263,9 +264,10 @@ def _bound_problem(scope_name: str, guard: dict, may_be_unbounded: bool) -> str 
 
 
 def check_privacy(local: Path, he_kit: bool = False) -> list[str]:
-    """Problems with the site's privacy policy: every scope (a job may name any) has the update guard in both chains
-    and the PHI filter on results; every guard bounds the update norm, except in a non-default scope of a kit that
-    can run HE jobs (``he_kit``: an encrypted global model's update norm cannot be measured)."""
+    """Problems with the site's privacy policy: every scope (a job may name any) has the update guard in both chains,
+    the statistics filter with the site's floor and the PHI filter on results; every guard bounds the update norm,
+    except in a non-default scope of a kit that can run HE jobs (``he_kit``: an encrypted global model's update norm
+    cannot be measured)."""
     path = local / "privacy.json"
     if not path.is_file():
         return [
@@ -287,6 +289,10 @@ def check_privacy(local: Path, he_kit: bool = False) -> list[str]:
             problems += [p for p in (_bound_problem(name, g, unbounded_ok) for g in guards) if p]
         if not any(f.get("path") == PHI_FILTER for f in scope.get("task_result_filters", [])):
             problems.append(f"the scope '{name}' lacks {PHI_FILTER} in task_result_filters")
+        floors = [f.get("args", {}).get("min_count") for f in scope.get("task_result_filters", [])
+                  if f.get("path") == STATS_FILTER]  # fmt: skip
+        if not any(isinstance(m, int) and not isinstance(m, bool) and m >= 1 for m in floors):
+            problems.append(f"the scope '{name}' lacks {STATS_FILTER} with a min_count of at least 1")
     return list(dict.fromkeys(problems))
 
 

@@ -5,7 +5,8 @@ Each is FLARE's statistics workflow -- ``StatisticsController`` (as
 ``StatisticsExecutor`` over :class:`~oncofl.fedstats.site.ImagingStatistics` at each site -- with FLARE's
 ``StatisticsPrivacyFilter`` on every result a site sends: ``MinCountCleanser``, ``AddNoiseToMinMax``,
 ``HistogramBinsCleanser`` and our :class:`~oncofl.fedstats.privacy.GroupMinCountCleanser`, then the PHI gate.
-The settings (minimum count, noise, bins) travel with the job; data paths stay in each site's config.
+The settings (minimum count, noise, bins) travel with the job; data paths stay in each site's config, and so does
+the site's floor of the minimum count (``stats_min_count``), which the site's own code applies whatever the job says.
 
     oncofl job export stats_prostate [--out jobs] [--min-count 5]
 """
@@ -30,7 +31,7 @@ from ..privacy import PHIGuardFilter
 from ..provenance import ProvenanceCheck, installed
 from .privacy import GroupMinCountCleanser, SiteStatisticsPrivacyFilter
 from .server import GroupStatisticsController, StatsPlotWriter
-from .site import INTENSITY, INTENSITY_RANGE, TASK_MODALITY, ImagingStatistics
+from .site import INTENSITY, INTENSITY_RANGE, TASK_MODALITY, ImagingStatistics, features_of
 
 # task -> job name, from the catalog's imaging jobs: stats_<data kind>
 STATS_JOBS = {job.task: f"stats_{job.data_kind}" for job in JOBS if job.task in TASK_MODALITY}
@@ -63,7 +64,8 @@ def build_stats_job(
 
     Args:
         task: ``prostate_seg``, ``lung_nodule_cls`` or ``breast_mammo_cls`` (decides reader and intensity scale).
-        min_count: a group (or feature) with fewer cases at a site is not sent by that site.
+        min_count: a group, partition or feature with fewer images or cases at a site is not sent by that site
+            (at least 1; a site's ``stats_min_count`` applies when it is higher).
         min_noise: AddNoiseToMinMax's lower noise level (fraction of the value).
         max_noise: its upper noise level.
         max_bins_percent: HistogramBinsCleanser: a histogram is sent only if bins < this % of its count.
@@ -72,6 +74,8 @@ def build_stats_job(
         max_voxels_per_image: voxels sampled per image for the intensity statistics.
         min_clients: sites the job needs to start.
     """
+    if not isinstance(min_count, int) or min_count < 1:
+        raise ValueError(f"min_count must be an integer >= 1, got {min_count}")
     job = FedJob(name=STATS_JOBS[task], min_clients=min_clients)
     job.set_app_packages(["oncofl"])
     for add in (job.to_server, job.to_clients):
@@ -81,7 +85,8 @@ def build_stats_job(
     configs = {"count": {}, "sum": {}, "mean": {}, "stddev": {}, "histogram": histogram}
     job.to_server(GroupStatisticsController(statistic_configs=configs, writer_id="stats_writer"), id="controller")
     job.to_server(StatsPlotWriter(output_path=OUTPUT), id="stats_writer")
-    job.to_clients(ImagingStatistics(task=task, max_voxels_per_image=max_voxels_per_image), id="stats_generator")
+    generator = ImagingStatistics(task=task, max_voxels_per_image=max_voxels_per_image, min_count=min_count)
+    job.to_clients(generator, id="stats_generator")
     job.to_clients(StatisticsExecutor(generator_id="stats_generator"), id="stats_executor", tasks=list(STATS_TASKS))
     cleansers = (
         MinCountCleanser(min_count=min_count),
@@ -92,9 +97,8 @@ def build_stats_job(
     for cleanser_id, cleanser in zip(CLEANSERS, cleansers):
         job.to_clients(cleanser, id=cleanser_id)
     result = FilterType.TASK_RESULT
-    job.to_clients(
-        SiteStatisticsPrivacyFilter(result_cleanser_ids=list(CLEANSERS)), filter_type=result, tasks=list(STATS_TASKS)
-    )
+    privacy = SiteStatisticsPrivacyFilter(result_cleanser_ids=list(CLEANSERS), features=list(features_of(task)))
+    job.to_clients(privacy, filter_type=result, tasks=list(STATS_TASKS))
     job.to_clients(PHIGuardFilter(), filter_type=result, tasks=list(STATS_TASKS))  # last: the gate on every result
     return job
 
@@ -123,4 +127,6 @@ def main(argv: list[str] | None = None, default_out: str = "jobs") -> None:
             parser.add_argument(flag, type=type(p.default), default=p.default, help=f"default: {p.default}")
     args = vars(parser.parse_args(argv))
     out, name = args.pop("out"), args.pop("job")
+    if args["min_count"] < 1:
+        parser.error("--min-count must be at least 1")
     print(f"job written to {export(out, task=task_of(name), **args)}")

@@ -16,8 +16,9 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
+from .vocabulary import CASES  # noqa: E402  (its count is a group's number of cases)
+
 GLOBAL = "Global"  # FLARE's key of the aggregated values
-CASES = "unreadable"  # its count is a group's number of cases
 GEOMETRY = ("slice_thickness_mm", "pixel_spacing_mm", "matrix_rows", "intensity_p99")
 
 

@@ -39,15 +39,27 @@ def run(task: str, data: Path, out: Path, sites: list[str], min_count: int) -> t
 
 
 def main(argv: list[str] | None = None) -> int:
+    """``oncofl stats``: run the statistics job of a task in the simulator and print where its output is.
+
+    Args:
+        argv: the command line (default: ``sys.argv[1:]``).
+
+    Returns:
+        the exit code: 0 when the statistics were written.
+    """
     parser = argparse.ArgumentParser(
         prog="oncofl stats", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     parser.add_argument("--task", default="prostate_seg", choices=sorted(STATS_JOBS))
     parser.add_argument("--data", default=None, help="site data (default: the task's demo data, made if absent)")
     parser.add_argument("--out", default="workspace/stats", help="job folder, simulator workspace and log")
-    parser.add_argument("--min-count", type=int, default=3, help="a group with fewer cases at a site is not sent")
+    parser.add_argument(
+        "--min-count", type=int, default=3, help="a group with fewer images or cases at a site is not sent (at least 1)"
+    )
     parser.add_argument("--sites", nargs="+", default=["site-1", "site-2", "site-3"])
     args = parser.parse_args(argv)
+    if args.min_count < 1:
+        parser.error("--min-count must be at least 1")
     data = site_data(args.task, args.data)
     code, stats_file = run(args.task, data, Path(args.out).resolve(), args.sites, args.min_count)
     if code != 0 or not stats_file.is_file():

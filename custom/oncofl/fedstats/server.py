@@ -23,6 +23,13 @@ class GroupStatisticsController(StatisticsController):
     """FLARE's ``StatisticsController`` (same arguments); see the module docstring for what it checks."""
 
     def _validate_min_clients(self, min_clients: int, client_statistics: dict) -> bool:
+        """Whether the job may go on: some site sent statistics and every statistic came from ``min_clients`` sites;
+        a group sent by fewer sites is only logged.
+
+        Args:
+            min_clients: the sites the job needs.
+            client_statistics: ``{statistic: {site: {group: {feature: value}}}}`` as received.
+        """
         if not client_statistics:
             self.logger.error(f"no site sent statistics; expected {min_clients}, aborting the job")
             return False
@@ -51,6 +58,13 @@ class StatsPlotWriter(JsonStatsFileWriter):
     """
 
     def save(self, data: dict, overwrite_existing, fl_ctx: FLContext) -> None:
+        """Write the JSON (FLARE's writer), then the plots next to it; a plot that fails is logged, not fatal.
+
+        Args:
+            data: the global and per-site statistics.
+            overwrite_existing: as FLARE's writer.
+            fl_ctx: FLARE's context.
+        """
         super().save(data, overwrite_existing, fl_ctx)
         path = Path(self.get_output_path(fl_ctx))
         try:
