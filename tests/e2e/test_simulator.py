@@ -15,6 +15,7 @@ from oncofl import cli
 from oncofl.dicom.seg import read_seg
 from oncofl.dicom.series import read_series
 from oncofl.evaluation import holdout_metric
+from oncofl.jobs import breast_mammo_cls
 from oncofl.jobs.prostate_mri_seg import export
 from oncofl.simulate import run_simulator
 from oncofl.tasks._classification import auc
@@ -33,8 +34,9 @@ MIN_GAIN = 0.50
 # up to 0.057 per case where the source grid is finer than the target spacing)
 SEG_DICE_TOLERANCE = 0.03
 MIN_WDBC_ACCURACY = 0.95  # measured 0.991 on seed 0 (112/113); 0.95 allows 5 errors
-# measured final (8 rounds mammography, 8 lung): 0.661-0.951 and 0.938-0.955 (docs/benchmarks.md)
+# measured final lung (8 rounds): 0.938-0.955 (docs/benchmarks.md); the mammography CPU variant: MIN_MAMMO_AUC
 MIN_IMAGING_AUC = 0.70
+MIN_MAMMO_AUC = 0.90  # the mammography CPU variant's last global model: measured 0.99-1.00 (see the test)
 
 
 def dice(a: np.ndarray, b: np.ndarray) -> float:
@@ -184,12 +186,7 @@ def test_breast_wdbc_federated_learns_on_real_data(tmp_path):
     [
         # every site in every round: with the job's default (2 sites + 5 s) an idle CI machine's fast sites close
         # rounds without the largest one, and AUC varied 0.69-0.95 between runs
-        (
-            "breast_mammo_cls",
-            # GroupNorm (issue 17) learns slower at 1e-3 on this small network: 0.58 -> 0.78 (best 0.72); at 2e-3
-            # 0.922, 0.923, 0.959 (best 0.935, 0.935, 0.931) in three runs; at 3e-3 0.74
-            {"image_size": 128, "small_network": True, "num_rounds": 8, "min_clients": 3, "learning_rate": 2e-3},
-        ),
+        ("breast_mammo_cls", {**breast_mammo_cls.CPU_VARIANT, "min_clients": 3}),
     ],
 )
 def test_imaging_classification_jobs_learn(tmp_path, task, job_kwargs):
@@ -208,12 +205,11 @@ def test_imaging_classification_jobs_learn(tmp_path, task, job_kwargs):
     final = holdout_metric(result.global_model, data / "holdout", **settings)
     best = holdout_metric(result.best_model, data / "holdout", **settings)
     print(f"{task} held-out AUC: initial {initial:.3f}, final {final:.3f}, best {best:.3f}, {result.seconds:.0f} s")
-    # The job hands the consortium two global models: the last and the best by the sites' validation AUC. On these
-    # few CPU-sized images the last one swings between rounds: mammography final 0.84-0.95 in six CI-size runs and
-    # 0.661 in one (its best 0.765); the best is not always better (final 0.842, best 0.722). So the final model must
-    # have learned, and the better of the two must be good.
-    assert final - initial >= 0.2
-    assert max(final, best) >= MIN_IMAGING_AUC and max(final, best) - initial >= 0.3
+    # The CPU variant (12 rounds x 6 local epochs, cosine learning rate) has converged by round ~8 on every data draw
+    # measured; its last global model scored 1.000, 1.000, ... held-out AUC over the evidence report's seeds
+    # (docs/evidence/breast_mammo_cls); at 8 x 3 with a constant rate it ended anywhere in 0.55-0.96.
+    assert final >= MIN_MAMMO_AUC and final - initial >= 0.3
+    assert best >= MIN_IMAGING_AUC
     assert "SiteErrorReporter" not in result.server_log.read_text()  # no site failed a task
 
     # the clinic's side: `oncofl predict --job <run>` on the held-out datalist gives the probabilities the job's own
