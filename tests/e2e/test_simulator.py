@@ -206,7 +206,7 @@ def test_imaging_classification_jobs_learn(tmp_path, task, job_kwargs):
     best = holdout_metric(result.best_model, data / "holdout", **settings)
     print(f"{task} held-out AUC: initial {initial:.3f}, final {final:.3f}, best {best:.3f}, {result.seconds:.0f} s")
     # The CPU variant (12 rounds x 6 local epochs, cosine learning rate) has converged by round ~8 on every data draw
-    # measured; its last global model scored 1.000, 1.000, ... held-out AUC over the evidence report's seeds
+    # measured; its last global model scored 1.000, 0.996, 1.000 held-out AUC over the evidence report's 3 seeds
     # (docs/evidence/breast_mammo_cls); at 8 x 3 with a constant rate it ended anywhere in 0.55-0.96.
     assert final >= MIN_MAMMO_AUC and final - initial >= 0.3
     assert best >= MIN_IMAGING_AUC
