@@ -65,13 +65,11 @@ def _first_dicom(path: Path) -> Path | None:
 def vendor_of(path: Path) -> str:
     """The scanner vendor of an image or series: its ``Manufacturer`` mapped to the statistics job's fixed vendor
     names (``GE MEDICAL SYSTEMS`` and ``GE Healthcare`` are both ``ge``); ``unknown`` where it is not DICOM."""
+    from .datasets.common import manufacturer
     from .fedstats.vocabulary import vendor_slug
 
     file = _first_dicom(path) if path.exists() else None
-    if file is None:
-        return UNKNOWN
-    name = pydicom.dcmread(file, stop_before_pixels=True, specific_tags=["Manufacturer"]).get("Manufacturer", "")
-    return vendor_slug(str(name or "").strip())
+    return UNKNOWN if file is None else vendor_slug(manufacturer(file))
 
 
 def _one_class(cases: list[dict[str, Any]]) -> bool:
