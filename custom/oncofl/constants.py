@@ -5,3 +5,5 @@
 ERROR_HEADER = "oncofl_error"
 # every task a site's executor answers (FLARE's scatter-and-gather and cross-site evaluation)
 CLIENT_TASKS = ("train", "validate", "submit_model")
+# update compression types of a job's --compression (oncofl.compression): FLARE's quantization types, and bfloat16
+COMPRESSIONS = ("float16", "bfloat16", "blockwise8", "float4", "normfloat4")

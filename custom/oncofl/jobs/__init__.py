@@ -21,6 +21,8 @@ JOB_COMPONENTS = (
     "oncofl.privacy.PHIGuardFilter",
     "oncofl.privacy.SiteUpdateGuard",  # a job may also apply the sites' own guard (stricter, never weaker)
     "oncofl.aggregation.RobustAggregator",
+    "oncofl.compression.UpdateQuantizer",  # --compression: a site's updates quantized, decoded at the server
+    "oncofl.compression.UpdateDequantizer",
     "oncofl.server.",
     "oncofl.tasks.",
     "oncofl.he.HECrossSiteModelEvalFixed",

@@ -21,7 +21,9 @@ The algorithm is a job option (``--algorithm`` of every job definition, :data:`A
 
 ``--dp-epsilon E`` adds sample-level DP-SGD at every site (Opacus) with a job budget of E (the noise is calibrated so
 the planned rounds spend it; the server stops training if a round would exceed it). ``--privacy-filter percentile``
-or ``svt`` adds FLARE's lighter update filters. ``--he`` encrypts every model a site sends (CKKS, FLARE's HE filters;
+or ``svt`` adds FLARE's lighter update filters. ``--compression blockwise8`` (or ``float16``, ``bfloat16``,
+``float4``, ``normfloat4``) quantizes the sites' updates on their way out and decodes them at the server before the
+aggregator (:mod:`oncofl.compression`). ``--he`` encrypts every model a site sends (CKKS, FLARE's HE filters;
 the server aggregates ciphertexts) and needs HE-provisioned kits (``oncofl poc prepare --he``).
 """
 
@@ -98,6 +100,12 @@ ALGORITHM_OPTIONS: dict[str, Any] = {
     "dp_max_grad_norm": 1.0,
     "dp_noise_multiplier": 0.0,  # 0: calibrated so the planned rounds spend exactly --dp-epsilon
     "privacy_filter": "",  # FLARE's lighter update filters: "percentile" (share the largest 10 %) or "svt"
+    # the sites' training updates quantized on their way out and decoded at the server before aggregation
+    # (oncofl.compression): "float16", "bfloat16", "blockwise8", "float4" or "normfloat4"; "": sent as float32
+    "compression": "",
+    # what a site sends after training: "full" (its weights), "diff" (its weights minus the global model it started
+    # from) or "auto": diff with a privacy filter or compression (they quantize or cut the update, not the weights)
+    "exchange": "auto",
     "he": False,  # homomorphic encryption (CKKS): the server aggregates ciphertexts; needs HE-provisioned kits
     "lr_schedule": "constant",  # the sites' learning rate over the rounds: "constant" or "cosine" (to ~0 at the end)
     "optimizer_state": "keep",  # the sites' Adam state: "keep" (carried across rounds) or "reset" (fresh each round)
@@ -206,8 +214,16 @@ def _executor(opts: dict[str, Any], dp: dict[str, Any] | None, **settings: Any) 
         **settings,
         **{k: opts[k] for k in _SITE_OPTIONS},
         dp=dp,
-        send_weight_diff=bool(opts["privacy_filter"]),  # FLARE's privacy filters work on weight differences
+        send_weight_diff=sends_weight_diff(opts),
     )
+
+
+def sends_weight_diff(opts: dict[str, Any]) -> bool:
+    """Whether the sites send weight differences: FLARE's privacy filters work on them, and a quantized difference
+    keeps far more of the update than quantized weights (the error scales with what is quantized)."""
+    if opts["exchange"] == "auto":
+        return bool(opts["privacy_filter"] or opts["compression"])
+    return opts["exchange"] == "diff"
 
 
 def _job_options(options: dict[str, Any]) -> dict[str, Any]:
@@ -231,6 +247,7 @@ def _job_options(options: dict[str, Any]) -> dict[str, Any]:
         raise ValueError(f"unknown server optimizer {opts['server_optimizer']!r}; available: {SERVER_OPTIMIZERS}")
     if opts["privacy_filter"] and opts["privacy_filter"] not in PRIVACY_FILTERS:
         raise ValueError(f"unknown privacy filter {opts['privacy_filter']!r}; available: {sorted(PRIVACY_FILTERS)}")
+    _check_compression(opts)
     if opts["gpus_per_site"] < 0 or opts["gpu_mem_gib"] < 0:
         raise ValueError("gpus_per_site and gpu_mem_gib must be 0 or more")
     if int(opts["round_deadline"]) < 0:
@@ -238,6 +255,28 @@ def _job_options(options: dict[str, Any]) -> dict[str, Any]:
             f"round_deadline must be 0 (wait for every live site) or seconds > 0, got {int(opts['round_deadline'])}"
         )
     return opts
+
+
+EXCHANGES = ("auto", "full", "diff")
+
+
+def _check_compression(opts: dict[str, Any]) -> None:
+    """Refuse an update compression or exchange the job's other options cannot carry."""
+    from oncofl.constants import COMPRESSIONS
+
+    if opts["exchange"] not in EXCHANGES:
+        raise ValueError(f"unknown exchange {opts['exchange']!r}; available: {', '.join(EXCHANGES)}")
+    if opts["exchange"] == "full" and opts["privacy_filter"]:
+        raise ValueError("--exchange full: FLARE's privacy filters work on weight differences; use diff or auto")
+    if not opts["compression"]:
+        return
+    if opts["compression"] not in COMPRESSIONS:
+        raise ValueError(f"unknown compression {opts['compression']!r}; available: {', '.join(COMPRESSIONS)}")
+    if opts["he"] or opts["algorithm"] == "scaffold":
+        raise ValueError(
+            "--compression: with --he the sites send ciphertexts and with scaffold a collection of model and "
+            "control updates; compression is for fedavg, fedprox, fedopt and fedbn without --he"
+        )
 
 
 def _dp_settings(opts: dict[str, Any], num_rounds: int) -> dict[str, Any] | None:
@@ -264,6 +303,10 @@ def _add_server(job: FedJob, key_metric: str, opts: dict[str, Any]) -> None:
         job.to_server(PTFileModelPersistor(model="model"), id="persistor")
         job.to_server(_shareable_generator(algorithm, opts), id="shareable_generator")
         job.to_server(_aggregator(algorithm, opts), id="aggregator")
+    if opts["compression"]:  # the sites' quantized updates decoded before the aggregator sees them
+        from oncofl.compression import UpdateDequantizer
+
+        job.to_server(UpdateDequantizer(), filter_type=FilterType.TASK_RESULT, tasks=["train"])
     job.to_server(AggregatedModelSelector(key_metric=key_metric), id="model_selector")
     job.to_server(PTFileModelLocator(pt_persistor_id="persistor"), id="model_locator")
     job.to_server(ValidationJsonGenerator(), id="json_generator")
@@ -315,8 +358,8 @@ def _cross_site_eval(he: bool, submit_model_timeout: int, validation_timeout: in
 
 
 def _add_client_filters(job: FedJob, opts: dict[str, Any], fault: dict[str, Any] | None) -> None:
-    """The sites' filters, per task in the order FLARE runs them: a drill's fault, FLARE's privacy filter, the PHI
-    gate on every result (last before HE encryption), HE's encryptor/decryptor."""
+    """The sites' filters, per task in the order FLARE runs them: a drill's fault, FLARE's privacy filter, the
+    update's quantizer, the PHI gate on every result (last before HE encryption), HE's encryptor/decryptor."""
     data_filters: dict[str, list] = {t: [] for t in CLIENT_TASKS}
     result_filters: dict[str, list] = {t: [] for t in CLIENT_TASKS}
     if fault:  # a drill: one site's updates broken or poisoned on purpose
@@ -325,6 +368,10 @@ def _add_client_filters(job: FedJob, opts: dict[str, Any], fault: dict[str, Any]
         result_filters["train"].append(drill)
     if opts["privacy_filter"]:
         result_filters["train"].append(PRIVACY_FILTERS[opts["privacy_filter"]]())
+    if opts["compression"]:
+        from oncofl.compression import UpdateQuantizer
+
+        result_filters["train"].append(UpdateQuantizer(quantization_type=opts["compression"]))
     phi_guard = PHIGuardFilter()  # everything leaving a site, last of the job's filters before HE encryption
     for task in CLIENT_TASKS:
         result_filters[task].append(phi_guard)
