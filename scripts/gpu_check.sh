@@ -67,7 +67,7 @@ fi
 
 # the correctness tests beside the jobs (both need the GPU briefly; the benchmark below runs alone)
 if wants tests; then
-  step tests 420 "${PYTEST[@]}" -m gpu tests/unit/test_preprocess.py tests/unit/test_engine.py \
+  step tests 420 "${PYTEST[@]}" -m gpu tests/unit/test_preprocess.py tests/unit/test_engine.py tests/unit/test_compression.py \
     tests/unit/test_distributed.py tests/integration/test_executor_round.py &
   TESTS_PID=$!
 fi

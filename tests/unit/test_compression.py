@@ -7,6 +7,7 @@ import json
 
 import numpy as np
 import pytest
+import torch
 from nvflare.apis.dxo import DXO, DataKind, MetaKey, from_shareable
 from nvflare.apis.fl_constant import ReservedKey
 from nvflare.apis.fl_context import FLContext
@@ -92,6 +93,22 @@ def test_flare_own_float16_filters_read_ours_and_ours_read_theirs():
     for name, value in floats.items():
         np.testing.assert_allclose(theirs_decoded.data[name], value, atol=1e-3 * float(np.max(np.abs(value))))
         np.testing.assert_allclose(ours_decoded[name], value, atol=1e-3 * float(np.max(np.abs(value))))
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA (FLARE's 8- and 4-bit paths)")
+@pytest.mark.parametrize("kind", ["blockwise8", "float4", "normfloat4"])
+def test_flare_own_8_and_4_bit_filters_on_a_gpu_read_ours_and_ours_read_theirs(kind):
+    ctx = FLContext()
+    floats = {k: v for k, v in model().items() if v.dtype.kind == "f" and v.ndim}
+    ours = UpdateQuantizer(kind).process_dxo(DXO(DataKind.WEIGHT_DIFF, dict(floats)), Shareable(), ctx)
+    theirs_decoded = ModelDequantizer().process_dxo(ours, Shareable(), ctx)
+    theirs = ModelQuantizer(kind).process_dxo(DXO(DataKind.WEIGHT_DIFF, dict(floats)), Shareable(), ctx)
+    ours_decoded = dequantize_update(theirs.data, theirs.meta, floats)
+    for name, value in floats.items():
+        tolerance = TOLERANCE[kind] * float(np.max(np.abs(value)))
+        np.testing.assert_allclose(np.reshape(theirs_decoded.data[name], value.shape), value, atol=tolerance)
+        np.testing.assert_allclose(ours_decoded[name], value, atol=tolerance)
 
 
 def server_context(weights: dict[str, np.ndarray] | None) -> FLContext:
