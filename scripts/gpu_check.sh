@@ -67,7 +67,12 @@ fi
 
 # the correctness tests beside the jobs (both need the GPU briefly; the benchmark below runs alone)
 if wants tests; then
-  step tests 420 "${PYTEST[@]}" -m gpu tests/unit/test_preprocess.py tests/unit/test_engine.py tests/unit/test_compression.py \
+  # FLARE's 8/4-bit quantization path against ours: needs bitsandbytes, which the device machine lacks unless its
+  # wheel is carried in .whl/
+  compression=()
+  "$PY" -c "import bitsandbytes" 2>/dev/null && compression=(tests/unit/test_compression.py) \
+    || echo "bitsandbytes missing: tests/unit/test_compression.py not run (carry its wheel in .whl/)"
+  step tests 420 "${PYTEST[@]}" -m gpu tests/unit/test_preprocess.py tests/unit/test_engine.py "${compression[@]}" \
     tests/unit/test_distributed.py tests/integration/test_executor_round.py &
   TESTS_PID=$!
 fi

@@ -22,7 +22,7 @@ four changes:
    values keep their own dtype;
 4. the server checks a site's message against the global model before it decodes anything: every tensor's name,
    element count and shape, the scales' and code map's sizes, the block size. A message that does not fit is refused
-   with the reason (the site's update is dropped from the round, as any result a server filter refuses); an update
+   with the reason (the filter raises: the update never reaches the aggregator); an update
    that arrives without compression is passed on as it is (the aggregator checks it as any other).
 
 Each site logs one line per update (:data:`SITE_RECORD`: type, tensors quantized, bytes before and after) and the
@@ -196,7 +196,7 @@ def _element_count(values: Any, state: Any, kind: str) -> int:
 
 def _decode_tensor(values: np.ndarray, state: Mapping[str, Any], source: Any, kind: str) -> np.ndarray:
     """One tensor as float32 (or as it was sent, where it was not quantized: then its dtype is its source's)."""
-    if not state and values.dtype.name == source and values.dtype.kind in "fiub" and values.dtype != np.float16:
+    if not state and values.dtype.name == source and values.dtype.kind in "fiub":
         return values  # sent as it was: not floating point, or not worth quantizing
     if source != "float32":
         raise CompressionError("its source type is not float32")

@@ -62,7 +62,7 @@ from nvflare.job_config.defs import FilterType
 
 from oncofl.aggregation import RobustAggregator
 from oncofl.algorithms import ALGORITHMS, fedbn_refusal
-from oncofl.constants import CLIENT_TASKS
+from oncofl.constants import CLIENT_TASKS, COMPRESSIONS
 from oncofl.executor import OncoFLExecutor
 from oncofl.faults import UpdateFaultFilter
 from oncofl.privacy import PHIGuardFilter
@@ -262,8 +262,6 @@ EXCHANGES = ("auto", "full", "diff")
 
 def _check_compression(opts: dict[str, Any]) -> None:
     """Refuse an update compression or exchange the job's other options cannot carry."""
-    from oncofl.constants import COMPRESSIONS
-
     if opts["exchange"] not in EXCHANGES:
         raise ValueError(f"unknown exchange {opts['exchange']!r}; available: {', '.join(EXCHANGES)}")
     if opts["exchange"] == "full" and opts["privacy_filter"]:
